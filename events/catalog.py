@@ -1,0 +1,40 @@
+"""The list of every event type the service knows, and the codec built from it."""
+
+from __future__ import annotations
+
+from events.codec import EventCodec, Upcaster
+from events.envelope import Event
+from events.registration import (
+    DeviceLimitReached,
+    OptionsReceived,
+    RegisterChallenged,
+    RegisterReceived,
+    RegisterRejected,
+    RegistrationExpired,
+    RegistrationGranted,
+    RegistrationRefreshed,
+    RegistrationRemoved,
+    ReplyIssued,
+    WebhookFailed,
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    RegisterReceived,
+    OptionsReceived,
+    RegisterChallenged,
+    RegisterRejected,
+    RegistrationGranted,
+    RegistrationRefreshed,
+    RegistrationRemoved,
+    RegistrationExpired,
+    DeviceLimitReached,
+    WebhookFailed,
+    ReplyIssued,
+)
+
+# (type, from_version) -> pure function of the old payload to the next version's payload.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def default_codec() -> EventCodec:
+    return EventCodec(EVENT_TYPES, UPCASTERS)

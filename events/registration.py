@@ -1,0 +1,182 @@
+"""Events of the registration path: requests from the SIP edge and the registrar's facts."""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.envelope import Event
+
+
+class DigestCredentials(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The parsed fields of an `Authorization: Digest ...` header (SPEC 2.5)."""
+
+    scheme: str = "digest"
+    username: str | None = None
+    realm: str | None = None
+    nonce: str | None = None
+    uri: str | None = None
+    algorithm: str = "MD5"
+    response: str | None = None
+    qop: str | None = None
+    nc: str | None = None
+    cnonce: str | None = None
+    opaque: str | None = None
+
+
+class RegisterReceived(Event, frozen=True, kw_only=True):
+    """A REGISTER reached the SIP edge; everything a processor needs, already parsed."""
+
+    TYPE = "RegisterReceived"
+
+    reply_to: str
+    call_id: str
+    cseq: int
+    source_ip: str
+    source_port: int
+    transport: str  # how it arrived: udp, tcp, tls, ws, wss
+    via_transport: str | None  # top Via sent-protocol, lower-case
+    sbc_address: str
+    private_sbc_address: str | None = None
+    request_uri: str
+    request_uri_host: str | None  # None when the Request-URI has no host or does not parse
+    to_uri: str
+    aor_user: str | None = None
+    aor_host: str | None = None  # None when the To-URI does not parse
+    contact: str | None = None  # the first Contact header's text, as sent
+    contact_uri: str | None = None  # the URI inside it, or "*"
+    expires: int | None = None  # first Contact's expires parameter, else the Expires header
+    authorization: DigestCredentials | None = None
+    headers: dict[str, str] = {}  # every header but Authorization, lower-case names
+    user_agent: str | None = None
+
+
+class RegisterChallenged(Event, frozen=True, kw_only=True):
+    TYPE = "RegisterChallenged"
+
+    aor: str
+    realm: str
+    nonce: str
+    stale: bool = False
+    source_ip: str
+    source_port: int
+    call_id: str
+
+
+class RegisterRejected(Event, frozen=True, kw_only=True):
+    """A REGISTER got a final non-2xx answer; `cause` says why in plain words."""
+
+    TYPE = "RegisterRejected"
+
+    aor: str | None
+    status: int
+    reason: str  # the SIP reason phrase sent
+    cause: str
+    x_reason: str | None = None
+    source_ip: str
+    source_port: int
+    call_id: str
+    account_sid: str | None = None
+
+
+class RegistrationGranted(Event, frozen=True, kw_only=True):
+    """A binding was authenticated and stored: the whole `user:<aor>` record and its timing."""
+
+    TYPE = "RegistrationGranted"
+
+    aor: str
+    contact: str
+    sbc_address: str
+    private_sbc_address: str | None = None
+    protocol: str | None = None
+    proxy: str
+    call_hook: str | dict[str, object] | None = None
+    call_status_hook: str | dict[str, object] | None = None
+    allow_direct_app_calling: bool | int = False
+    allow_direct_queue_calling: bool | int = False
+    allow_direct_user_calling: bool | int = False
+    granted_expires_s: int
+    advertised_expires_s: int
+    expiry_time_ms: int
+    account_sid: str | None = None
+    username: str | None = None
+    source_ip: str
+    source_port: int
+    call_id: str
+
+
+class RegistrationRefreshed(Event, frozen=True, kw_only=True):
+    """A REGISTER from the bound source was answered from the cached binding, unauthenticated."""
+
+    TYPE = "RegistrationRefreshed"
+
+    aor: str
+    advertised_expires_s: int
+    expiry_time_ms: int
+    source_ip: str
+    source_port: int
+    call_id: str
+
+
+class RegistrationRemoved(Event, frozen=True, kw_only=True):
+    TYPE = "RegistrationRemoved"
+
+    aor: str
+    account_sid: str | None = None
+    username: str | None = None
+    source_ip: str
+    source_port: int
+    call_id: str
+
+
+class RegistrationExpired(Event, frozen=True, kw_only=True):
+    """A binding lapsed without refresh."""
+
+    TYPE = "RegistrationExpired"
+
+    aor: str
+    expiry_time_ms: int
+    granted_event_id: str
+
+
+class DeviceLimitReached(Event, frozen=True, kw_only=True):
+    """Hosted mode: an account is at its registered-device limit (an InfluxDB alert)."""
+
+    TYPE = "DeviceLimitReached"
+
+    account_sid: str
+    limit: int
+
+
+class WebhookFailed(Event, frozen=True, kw_only=True):
+    """The registration webhook answered non-200 (`status`) or could not be reached (`status` None)."""
+
+    TYPE = "WebhookFailed"
+
+    account_sid: str
+    url: str
+    status: int | None = None
+
+
+class OptionsReceived(Event, frozen=True, kw_only=True):
+    """An OPTIONS carrying X-FS-Status or X-RTP-Status (a feature/RTP server heartbeat)."""
+
+    TYPE = "OptionsReceived"
+
+    reply_to: str
+    call_id: str
+    source_ip: str
+    source_port: int
+    transport: str
+    fs_status: str | None = None
+    fs_service_url: str | None = None
+    rtp_status: str | None = None
+
+
+class ReplyIssued(Event, frozen=True, kw_only=True):
+    """The answer a processor decided for a SIP request, for the ingest instance holding it."""
+
+    TYPE = "ReplyIssued"
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = []

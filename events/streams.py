@@ -1,0 +1,107 @@
+"""Stream, consumer-group and Redis key names: written here and nowhere else."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+# Consumer groups, one per processor or projection.
+GROUP_REGISTRAR = "registrar"
+GROUP_HEARTBEAT = "heartbeat"
+GROUP_EXPIRY = "expiry"
+GROUP_REGISTRATIONS_PROJECTION = "projection-registrations"
+GROUP_SERVERS_PROJECTION = "projection-servers"
+GROUP_HISTORY_PROJECTION = "projection-history"
+
+# Keys that jambonz itself reads (SPEC 5.6): no cluster prefix on these two.
+ACTIVE_USER_KEY = "active-user"
+
+
+def user_key(aor: str) -> str:
+    """`user:<user>@<host>`: the registration record sbc-outbound and the feature server read."""
+    return f"user:{aor}"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamNames:
+    """Names for one cluster and partition.
+
+    Every stream of a partition carries the hash tag `{p}` so that one MULTI/EXEC can span
+    them on Redis Cluster.
+    """
+
+    cluster_id: str = "default"
+    partition: int = 0
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.cluster_id}:sidecar:{{{self.partition}}}"
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}:requests"
+
+    @property
+    def registrations(self) -> str:
+        return f"{self.prefix}:registrations"
+
+    @property
+    def servers(self) -> str:
+        return f"{self.prefix}:servers"
+
+    @property
+    def carriers(self) -> str:
+        return f"{self.prefix}:carriers"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}:commands"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def replies(self, ingest_id: str) -> str:
+        return f"{self.prefix}:replies:{ingest_id}"
+
+    def checkpoint(self, group: str) -> str:
+        """Hash of stream name → id of the last entry the group committed."""
+        return f"{self.prefix}:checkpoint:{group}"
+
+    # Projection bookkeeping (our own keys, beside the jambonz ones).
+    @property
+    def registration_versions(self) -> str:
+        """Hash aor → stream id of the last registration event applied to `user:<aor>`."""
+        return f"{self.prefix}:registration-version"
+
+    @property
+    def expiry_due(self) -> str:
+        """Sorted set aor → due time (ms) of each live binding, for the expiry processor."""
+        return f"{self.prefix}:expiry-due"
+
+    def history(self, aor: str) -> str:
+        return f"{self.prefix}:history:{aor}"
+
+    # Cluster-scoped jambonz keys (SPEC 3, 5.6).
+    @property
+    def active_fs(self) -> str:
+        return f"{self.cluster_id}:active-fs"
+
+    @property
+    def active_rtp(self) -> str:
+        return f"{self.cluster_id}:active-rtp"
+
+    @property
+    def fs_service_url(self) -> str:
+        return f"{self.cluster_id}:fs-service-url"
+
+    @property
+    def drained_fs(self) -> str:
+        return f"{self.cluster_id}:drained-fs"
+
+
+def partition_of(aor: str, partitions: int) -> int:
+    """The partition an AOR's events live in (stable across processes and restarts)."""
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(aor.encode()) % partitions
