@@ -1,0 +1,59 @@
+"""What the consumer loop hands a handler, and what a handler hands back to be committed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from events import Event
+
+# A raw Redis command (name and arguments) run inside the commit's MULTI/EXEC, e.g.
+# ("EVALSHA", sha, 2, key1, key2, arg...) from a projection.
+RedisCommand = tuple[str | bytes | int | float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stream entry delivered to a consumer group, decoded."""
+
+    stream: str
+    entry_id: str
+    event: Event
+    delivery_count: int = 1
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What handling one delivery produced; committed atomically with its XACK.
+
+    `appends` are (stream, event) pairs to XADD; `writes` are projection commands.
+    """
+
+    appends: list[tuple[str, Event]] = field(default_factory=list)
+    writes: list[RedisCommand] = field(default_factory=list)
+
+
+class BatchHandler(Protocol):
+    """Handles a batch; returns one Outcome, or the exception it failed with, per delivery.
+
+    A failed delivery is not acknowledged: it is delivered again later, and goes to the dead
+    stream after too many tries. Handlers never ack, retry or sleep.
+    """
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]: ...
+
+
+class ConcurrentHandler:
+    """Adapts a per-delivery coroutine to a BatchHandler, running a batch's deliveries concurrently."""
+
+    def __init__(self, handle_one: Callable[[Delivery], Awaitable[Outcome]]) -> None:
+        self._handle_one = handle_one
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]:
+        results = await asyncio.gather(*(self._handle_one(d) for d in deliveries), return_exceptions=True)
+        for result in results:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+        return results
