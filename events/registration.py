@@ -145,6 +145,7 @@ class DeviceLimitReached(Event, frozen=True, kw_only=True):
 
     account_sid: str
     limit: int
+    service_provider_sid: str | None = None  # an alert tag (SPEC 5.3)
 
 
 class WebhookFailed(Event, frozen=True, kw_only=True):
@@ -155,6 +156,7 @@ class WebhookFailed(Event, frozen=True, kw_only=True):
     account_sid: str
     url: str
     status: int | None = None
+    service_provider_sid: str | None = None  # an alert tag (SPEC 5.3)
 
 
 class OptionsReceived(Event, frozen=True, kw_only=True):
