@@ -68,6 +68,10 @@ class StreamNames:
         """Hash of stream name → id of the last entry the group committed."""
         return f"{self.prefix}:checkpoint:{group}"
 
+    def failures(self, group: str) -> str:
+        """Hash of entry id → last handler error, kept until the entry is committed or dead."""
+        return f"{self.prefix}:failures:{group}"
+
     # Projection bookkeeping (our own keys, beside the jambonz ones).
     @property
     def registration_versions(self) -> str:

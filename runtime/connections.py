@@ -1,0 +1,113 @@
+"""Connections as async context managers: Redis (plain, Sentinel, TLS), MySQL pools, HTTP session."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import aiomysql
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
+
+from runtime.settings import MysqlSettings, RedisSettings
+
+log = logging.getLogger(__name__)
+
+
+def _redis_tls(settings: RedisSettings) -> dict[str, Any]:
+    if not settings.tls:
+        return {}
+    return {
+        "ssl": True,
+        "ssl_ca_certs": settings.tls_ca_file,
+        "ssl_certfile": settings.tls_cert_file,
+        "ssl_keyfile": settings.tls_key_file,
+        "ssl_cert_reqs": "required" if settings.tls_ca_file else "none",
+    }
+
+
+def redis_client(settings: RedisSettings, *, max_connections: int = 64) -> Redis:
+    """A Redis client for the settings (not yet connected; connections open lazily)."""
+    common: dict[str, Any] = {
+        "username": settings.username,
+        "password": settings.password.reveal() if settings.password else None,
+        "db": settings.db,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+        **_redis_tls(settings),
+    }
+    if settings.sentinels:
+        sentinel = Sentinel(
+            list(settings.sentinels),
+            sentinel_kwargs={
+                "password": settings.sentinel_server_password.reveal() if settings.sentinel_server_password else None,
+                "socket_connect_timeout": 5,
+            },
+            **{**common,
+               "username": settings.sentinel_username or settings.username,
+               "password": (settings.sentinel_password.reveal() if settings.sentinel_password
+                            else common["password"])},
+        )
+        assert settings.sentinel_master_name is not None
+        return sentinel.master_for(settings.sentinel_master_name, max_connections=max_connections)
+    return Redis(host=settings.host, port=settings.port, max_connections=max_connections, **common)
+
+
+@asynccontextmanager
+async def open_redis(settings: RedisSettings) -> AsyncIterator[Redis]:
+    client = redis_client(settings)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _mysql_ssl(settings: MysqlSettings) -> ssl.SSLContext | None:
+    if not (settings.ssl_ca_file or settings.ssl_cert_file):
+        return None
+    context = ssl.create_default_context(cafile=settings.ssl_ca_file)
+    if settings.ssl_cert_file:
+        context.load_cert_chain(settings.ssl_cert_file, settings.ssl_key_file)
+    if not settings.reject_unauthorized:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@asynccontextmanager
+async def open_mysql(settings: MysqlSettings) -> AsyncIterator[aiomysql.Pool]:
+    """An aiomysql pool; the first connection is opened at once so a bad setting fails at startup."""
+    pool = await aiomysql.create_pool(
+        host=settings.host,
+        port=settings.port,
+        user=settings.user,
+        password=settings.password.reveal(),
+        db=settings.database,
+        minsize=1,
+        maxsize=settings.connection_limit,
+        autocommit=True,
+        ssl=_mysql_ssl(settings),
+        pool_recycle=3600,
+        connect_timeout=5,
+    )
+    try:
+        yield pool
+    finally:
+        pool.close()
+        await pool.wait_closed()
+
+
+@asynccontextmanager
+async def open_http(user_agent: str | None = None, limit: int = 256) -> AsyncIterator[aiohttp.ClientSession]:
+    """One pooled keep-alive session for every webhook call of the process."""
+    headers = {"User-Agent": user_agent} if user_agent else None
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=30, ttl_dns_cache=60)
+    session = aiohttp.ClientSession(connector=connector, headers=headers)
+    try:
+        yield session
+    finally:
+        await session.close()

@@ -1,0 +1,170 @@
+"""The event log on Redis Streams: batched appends with retention trimming, groups, reads.
+
+Every write here is batched: one pipeline per batch of appends, never a round trip per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from events import Event, EventCodec, StreamNames
+from runtime.errors import StoreUnavailable
+from runtime.settings import EventLogSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as read back from a stream, with its entry id."""
+
+    stream: str
+    entry_id: str
+    event: Event
+
+
+def entry_ms(entry_id: str | bytes) -> int:
+    """The millisecond timestamp part of a stream entry id."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.partition("-")[0])
+
+
+class EventLog:
+    """Appends events to streams and reads them back; owns trimming and consumer groups."""
+
+    def __init__(self, redis: Redis, codec: EventCodec, names: StreamNames, settings: EventLogSettings) -> None:
+        self.redis = redis
+        self.codec = codec
+        self.names = names
+        self.settings = settings
+
+    def xadd_command(self, stream: str, event: Event) -> list[object]:
+        """The XADD for one event, trimmed by age (replies streams: by length)."""
+        fields = self.codec.encode(event)
+        if ":replies:" in stream:
+            trim: list[object] = ["MAXLEN", "~", self.settings.replies_maxlen]
+        else:
+            min_ms = int(time.time() * 1000) - self.settings.retention_s * 1000
+            trim = ["MINID", "~", f"{max(min_ms, 0)}-0"]
+        command: list[object] = ["XADD", stream, *trim, "*"]
+        for key, value in fields.items():
+            command.append(key)
+            command.append(value)
+        return command
+
+    async def append(self, stream: str, events: Sequence[Event]) -> list[str]:
+        return await self.append_many([(stream, event) for event in events])
+
+    async def append_many(self, items: Sequence[tuple[str, Event]]) -> list[str]:
+        """Appends in one pipeline; returns the entry ids in order."""
+        if not items:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, event in items:
+            pipe.execute_command(*self.xadd_command(stream, event))
+        try:
+            ids = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"append of {len(items)} events failed: {exc}") from exc
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
+        """Creates the group (and the stream) unless it exists; safe to call from every process."""
+        try:
+            await self.redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+            log.info("consumer group created stream=%s group=%s", stream, group)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def trim(self, stream: str, now_ms: int | None = None) -> int:
+        """Drops entries older than the retention window (exact, not approximate)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        min_id = f"{max(now_ms - self.settings.retention_s * 1000, 0)}-0"
+        return int(await self.redis.xtrim(stream, minid=min_id, approximate=False))
+
+    async def read(
+        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[StoredEvent]:
+        """Reads a range of a stream and decodes it; undecodable entries are skipped with a warning."""
+        entries = await self.redis.xrange(stream, min=start, max=end, count=count)
+        return list(self._decode_all(stream, entries))
+
+    async def scan(self, stream: str, batch: int = 1000) -> list[StoredEvent]:
+        """The whole stream, oldest first, read in batches."""
+        out: list[StoredEvent] = []
+        start = "-"
+        while True:
+            entries = await self.redis.xrange(stream, min=start, max="+", count=batch)
+            if not entries:
+                return out
+            out.extend(self._decode_all(stream, entries))
+            if len(entries) < batch:
+                return out
+            last = entries[-1][0].decode()
+            ms, _, seq = last.partition("-")
+            start = f"{ms}-{int(seq) + 1}"
+
+    def _decode_all(self, stream: str, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> Iterable[StoredEvent]:
+        for entry_id, fields in entries:
+            try:
+                yield StoredEvent(stream, entry_id.decode(), self.codec.decode(fields))
+            except ValueError as exc:
+                log.warning("undecodable entry skipped stream=%s id=%s error=%s", stream, entry_id, exc)
+
+
+class Appender:
+    """Write-behind batcher for ingest: coalesces appends made in the same loop turn.
+
+    `append` returns once the entry is in Redis. While one pipeline is in flight, new appends
+    queue up and go in the next one, so the batch grows with the load and no timer is needed.
+    """
+
+    def __init__(self, log_: EventLog, max_batch: int = 500) -> None:
+        self._log = log_
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, Event, asyncio.Future[str]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def append(self, stream: str, event: Event) -> str:
+        if self._closed:
+            raise StoreUnavailable("appender is closed")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((stream, event, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop(), name="appender-flush")
+        return await future
+
+    async def _flush_loop(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this loop turn queue up
+        while self._pending:
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            try:
+                ids = await self._log.append_many([(stream, event) for stream, event, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiter gets the fault
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), entry_id in zip(batch, ids, strict=True):
+                if not future.done():
+                    future.set_result(entry_id)
+
+    async def __aenter__(self) -> Appender:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._flusher is not None:
+            await self._flusher

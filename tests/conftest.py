@@ -1,0 +1,58 @@
+"""Fixtures shared by every test level: real Redis and MariaDB on loopback, isolated per test."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from events import StreamNames, default_codec
+from runtime.eventlog import EventLog
+from runtime.settings import EventLogSettings
+
+REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
+# Tests keep to their own Redis database so the jambonz keys they write (user:*, active-user)
+# never meet a real deployment's; each test also has its own cluster id, and cleans up.
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "9"))
+MYSQL_HOST = os.environ.get("TEST_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("TEST_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("TEST_MYSQL_USER", "root")
+MYSQL_PASSWORD = os.environ.get("TEST_MYSQL_PASSWORD", "")
+SCHEMA_SQL = Path(__file__).resolve().parents[1] / "runtime" / "schema.sql"
+
+
+@pytest.fixture
+def cluster_id() -> str:
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+async def redis(cluster_id: str) -> AsyncIterator[Redis]:
+    client = Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    try:
+        yield client
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{cluster_id}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+def names(cluster_id: str) -> StreamNames:
+    return StreamNames(cluster_id=cluster_id)
+
+
+@pytest.fixture
+def eventlog_settings(cluster_id: str) -> EventLogSettings:
+    return EventLogSettings(cluster_id=cluster_id, batch_size=50, block_ms=20, claim_idle_ms=200, max_deliveries=3)
+
+
+@pytest.fixture
+def eventlog(redis: Redis, names: StreamNames, eventlog_settings: EventLogSettings) -> EventLog:
+    return EventLog(redis, default_codec(), names, eventlog_settings)
