@@ -35,9 +35,7 @@ AUTH_OK_FRAME = (
 )
 ROUTE_FRAME = b"51#3c9a7d44-1e2f-4a3b-8c4d-5e6f7a8b9c0d|route|register"
 PING_FRAME = b"41#9e8d7c6b-5a49-4837-a261-50f4e3d2c1b0|ping"
-PONG_FRAME = (
-    b"90#1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9|response|9e8d7c6b-5a49-4837-a261-50f4e3d2c1b0|OK|pong"
-)
+PONG_FRAME = b"90#1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9|response|9e8d7c6b-5a49-4837-a261-50f4e3d2c1b0|OK|pong"
 
 REGISTER_SIP = (
     b"REGISTER sip:198.51.100.7 SIP/2.0\r\n"
@@ -76,7 +74,9 @@ def test_built_payloads_match_the_doc() -> None:
 def test_sip_payload_leaders() -> None:
     sip = b"SIP/2.0 200 OK\r\n\r\n"
     assert response_payload("m", "t-1", sip) == b"m|sip|t-1|\r\n" + sip
-    assert request_payload("m", b"OPTIONS sip:x SIP/2.0\r\n\r\n") == b"m|sip||\r\nOPTIONS sip:x SIP/2.0\r\n\r\n"
+    assert (
+        request_payload("m", b"OPTIONS sip:x SIP/2.0\r\n\r\n") == b"m|sip||\r\nOPTIONS sip:x SIP/2.0\r\n\r\n"
+    )
     assert request_payload("m", b"R", "sip:203.0.113.10:5060") == b"m|sip|||sip:203.0.113.10:5060\r\nR"
     with pytest.raises(ValueError, match="transaction id"):
         response_payload("m", "", sip)
@@ -111,7 +111,9 @@ def test_decoder_split_between_length_digits() -> None:
 def test_decoder_returns_joined_frames_in_order() -> None:
     decoder = FrameDecoder()
     joined = AUTH_OK_FRAME + ROUTE_FRAME + PING_FRAME + PONG_FRAME
-    assert decoder.feed(joined) == [f.partition(b"#")[2] for f in (AUTH_OK_FRAME, ROUTE_FRAME, PING_FRAME, PONG_FRAME)]
+    assert decoder.feed(joined) == [
+        f.partition(b"#")[2] for f in (AUTH_OK_FRAME, ROUTE_FRAME, PING_FRAME, PONG_FRAME)
+    ]
 
 
 def test_lengths_count_utf8_bytes_not_characters() -> None:
@@ -210,7 +212,12 @@ def test_parse_command_replies() -> None:
 def test_parse_other_and_malformed_messages() -> None:
     cdr = parse_server_message(b"i|cdr:attempt|network|06:57:01.448456\r\nINVITE sip:x SIP/2.0\r\n\r\n")
     assert isinstance(cdr, OtherMessage) and cdr.kind == "cdr:attempt"
-    for bad in (b"lonely", b"i|response|x", b"i|sip|network|1|udp|1.2.3.4|5060|t|txn", b"i|sip|n|1|udp|a|50x0|t|x||\r\n"):
+    for bad in (
+        b"lonely",
+        b"i|response|x",
+        b"i|sip|network|1|udp|1.2.3.4|5060|t|txn",
+        b"i|sip|n|1|udp|a|50x0|t|x||\r\n",
+    ):
         with pytest.raises(MessageFormatError):
             parse_server_message(bad)
     with pytest.raises(MessageFormatError):
@@ -219,7 +226,14 @@ def test_parse_other_and_malformed_messages() -> None:
 
 @pytest.mark.parametrize(
     ("version", "expected"),
-    [("v0.9.10-1-g9c2dd4cb6a", True), ("v0.8.2", True), ("v0.8.1", False), ("v1.0.0", True), ("", False), ("x", False)],
+    [
+        ("v0.9.10-1-g9c2dd4cb6a", True),
+        ("v0.8.2", True),
+        ("v0.8.1", False),
+        ("v1.0.0", True),
+        ("", False),
+        ("x", False),
+    ],
 )
 def test_server_version_at_least(version: str, expected: bool) -> None:
     assert server_version_at_least(version, (0, 8, 2)) is expected
