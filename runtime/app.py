@@ -1,0 +1,77 @@
+"""Runs the roles of one process: opens connections, starts workers, stops them in order on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+
+from events import StreamNames, default_codec
+from runtime.connections import open_http, open_mysql, open_redis
+from runtime.eventlog import EventLog
+from runtime.health import HealthServer
+from runtime.services import Services, Worker
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROLES = ("ingest", "processors", "projections")
+STOP_GRACE_S = 3.0
+
+
+def role_builders() -> dict[str, Callable[[Services], list[Worker]]]:
+    import ingest
+    import processors
+    import projections
+
+    return {"ingest": ingest.build, "processors": processors.build, "projections": projections.build}
+
+
+async def _wait_stores(services: Services, timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        await services.redis.ping()
+
+
+async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio.Event | None = None) -> None:
+    """Runs until SIGTERM/SIGINT (or `stop` is set), then stops: ingest first, projections last."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    async with AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(open_redis(settings.redis))
+        needs_mysql = "processors" in roles
+        mysql = await stack.enter_async_context(open_mysql(settings.mysql)) if needs_mysql else None
+        http = await stack.enter_async_context(open_http(settings.http_user_agent)) if needs_mysql else None
+        names = StreamNames(settings.eventlog.cluster_id)
+        codec = default_codec()
+        services = Services(settings, redis, mysql, http, codec, names, EventLog(redis, codec, names, settings.eventlog))
+        await _wait_stores(services)
+        builders = role_builders()
+        staged: list[list[Worker]] = [builders[role](services) for role in ROLES if role in roles]
+        workers = [w for stage in staged for w in stage]
+        health = HealthServer(*settings.http_listen, workers)
+        log.info("starting roles=%s workers=%s", ",".join(roles), ",".join(w.name for w in workers))
+        async with asyncio.TaskGroup() as group:
+            tasks = {id(w): group.create_task(w.run(), name=w.name) for w in workers}
+            health_task = group.create_task(health.run(), name="http")
+            await stop.wait()
+            log.info("stopping")
+            health.begin_stopping()
+            for stage in staged:
+                for worker in stage:
+                    worker.stop()
+                pending = [tasks[id(w)] for w in stage]
+                if pending:
+                    _, late = await asyncio.wait(pending, timeout=STOP_GRACE_S)
+                    for task in late:
+                        log.warning("worker did not stop in time, cancelling name=%s", task.get_name())
+                        task.cancel()
+            health.stop()
+            await health_task
+    log.info("stopped")

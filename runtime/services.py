@@ -1,0 +1,47 @@
+"""What the roles are built from: the opened connections and settings of one process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+import aiomysql
+from redis.asyncio import Redis
+
+from events import EventCodec, StreamNames
+from runtime.eventlog import EventLog
+from runtime.settings import Settings
+
+
+class Worker(Protocol):
+    """A long-running piece of a role: a consumer, a listener, a sweeper.
+
+    `run` returns after `stop` (having finished its work in hand); `ready` is set once it
+    serves (group exists, socket bound).
+    """
+
+    name: str
+    ready: asyncio.Event
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+Clock = Callable[[], float]  # seconds since the epoch, like time.time
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    redis: Redis
+    mysql: aiomysql.Pool | None
+    http: aiohttp.ClientSession | None
+    codec: EventCodec
+    names: StreamNames
+    eventlog: EventLog
+    clock: Clock = field(default=time.time)
