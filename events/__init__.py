@@ -17,6 +17,7 @@ from events.registration import (
     ReplyIssued,
     WebhookFailed,
 )
+from events.servers import ServerCheckedIn, ServerExpired, ServerLeft
 from events.streams import StreamNames, partition_of, user_key
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "RegistrationRefreshed",
     "RegistrationRemoved",
     "ReplyIssued",
+    "ServerCheckedIn",
+    "ServerExpired",
+    "ServerLeft",
     "StreamNames",
     "WebhookFailed",
     "default_codec",

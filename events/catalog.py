@@ -17,6 +17,7 @@ from events.registration import (
     ReplyIssued,
     WebhookFailed,
 )
+from events.servers import ServerCheckedIn, ServerExpired, ServerLeft
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     RegisterReceived,
@@ -30,6 +31,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeviceLimitReached,
     WebhookFailed,
     ReplyIssued,
+    ServerCheckedIn,
+    ServerLeft,
+    ServerExpired,
 )
 
 # (type, from_version) -> pure function of the old payload to the next version's payload.

@@ -86,6 +86,11 @@ class StreamNames:
     def history(self, aor: str) -> str:
         return f"{self.prefix}:history:{aor}"
 
+    def server_last_seen(self, kind: str) -> str:
+        """Sorted set member → time (ms) of its last `open` heartbeat, for one kind (fs, rtp,
+        service-url); shared by every sidecar of the cluster, swept by the server expiry."""
+        return f"{self.prefix}:server-seen:{kind}"
+
     # Cluster-scoped jambonz keys (SPEC 3, 5.6).
     @property
     def active_fs(self) -> str:
