@@ -1,0 +1,15 @@
+"""Projections: Redis (and later InfluxDB) state derived from the events, idempotent and rebuildable."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runtime.services import Services, Worker
+
+
+def build(services: Services) -> list[Worker]:
+    """The projections role: registrations (user:<aor>, active-user) and the per-AOR history."""
+    from projections import history, registrations
+
+    return [*registrations.build(services), *history.build(services)]

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from events import EventDecodeError
 from runtime.eventlog import EventLog
 from runtime.handling import BatchHandler, Delivery, Outcome
+from runtime.redis_scripts import scripts_used
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ class Consumer:
 
     async def _commit(self, batch: _Batch, results: Sequence[Outcome | BaseException]) -> None:
         pipe = self.log.redis.pipeline(transaction=True)
+        writes = [c for r in results if isinstance(r, Outcome) for c in r.writes]
+        for script in scripts_used(writes):
+            pipe.execute_command("SCRIPT", "LOAD", script.source)
         acked: list[str] = []
         failed = 0
         for delivery, result in zip(batch.deliveries, results, strict=True):

@@ -56,3 +56,60 @@ def eventlog_settings(cluster_id: str) -> EventLogSettings:
 @pytest.fixture
 def eventlog(redis: Redis, names: StreamNames, eventlog_settings: EventLogSettings) -> EventLog:
     return EventLog(redis, default_codec(), names, eventlog_settings)
+
+
+@pytest.fixture
+async def mysql_db() -> AsyncIterator[str]:
+    """A fresh MariaDB database with the jambonz schema; dropped afterwards."""
+    import aiomysql
+
+    from runtime.database import schema_statements
+
+    name = f"sbc_test_{secrets.token_hex(4)}"
+    connection = await aiomysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER,
+                                        password=MYSQL_PASSWORD, autocommit=True)
+    try:
+        async with connection.cursor() as cursor:
+            await cursor.execute(f"CREATE DATABASE `{name}`")
+            await cursor.execute(f"USE `{name}`")
+            for statement in schema_statements():
+                await cursor.execute(statement)
+        yield name
+    finally:
+        async with connection.cursor() as cursor:
+            await cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        connection.close()
+
+
+def free_port(kind: str = "tcp") -> int:
+    """A port free on 127.0.0.1 for both TCP and UDP at the time of asking."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def base_env(cluster_id: str, database: str) -> dict[str, str]:
+    """The environment of a sidecar under test: real Redis (test DB) and MariaDB on loopback."""
+    return {
+        "JAMBONES_MYSQL_HOST": MYSQL_HOST,
+        "JAMBONES_MYSQL_PORT": str(MYSQL_PORT),
+        "JAMBONES_MYSQL_USER": MYSQL_USER,
+        "JAMBONES_MYSQL_PASSWORD": MYSQL_PASSWORD,
+        "JAMBONES_MYSQL_DATABASE": database,
+        "JAMBONES_REDIS_HOST": REDIS_HOST,
+        "JAMBONES_REDIS_PORT": str(REDIS_PORT),
+        "SIDECAR_REDIS_DB": str(REDIS_DB),
+        "JAMBONES_CLUSTER_ID": cluster_id,
+        "ENCRYPTION_SECRET": "test-encryption-secret",
+        "JAMBONES_LOGLEVEL": "info",
+    }

@@ -1,0 +1,193 @@
+"""From bytes on any native transport to a handled request: parse, check, rport, transaction, dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ingest.fronts.front import RequestHandler, TransportFacts
+from ingest.fronts.native.transactions import ServerTransaction, TransactionTable
+from ingest.sip import SipParseError, SipRequest, SipResponse, make_response, parse_message
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[bytes], None]
+RFC3261_COOKIE = "z9hG4bK"
+REQUIRED_HEADERS = ("call-id", "cseq", "from", "to")
+
+
+@dataclass(slots=True)
+class FrontStats:
+    received: int = 0
+    dropped_unparseable: int = 0
+    bad_requests: int = 0
+    retransmissions_absorbed: int = 0
+    responses_repeated: int = 0
+    responses_sent: int = 0
+    handler_errors: int = 0
+    rejected_draining: int = 0
+
+
+class NativeIncoming:
+    """A request held by the native front; `respond` sends the final answer once."""
+
+    __slots__ = ("message", "facts", "_send", "_transaction", "_table", "_to_tag", "_stats", "answered")
+
+    def __init__(self, message: SipRequest, facts: TransportFacts, send: Send, transaction: ServerTransaction | None,
+                 table: TransactionTable | None, stats: FrontStats) -> None:
+        self.message = message
+        self.facts = facts
+        self._send = send
+        self._transaction = transaction
+        self._table = table
+        self._to_tag = os.urandom(5).hex()
+        self._stats = stats
+        self.answered = False
+
+    async def respond(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = (),
+                      body: bytes = b"") -> None:
+        if self.answered:
+            return
+        response = make_response(self.message, status, reason, headers, to_tag=self._to_tag)
+        response.body = body
+        data = response.serialize()
+        self.answered = True
+        if self._transaction is not None and self._table is not None and status >= 200:
+            self._table.complete(self._transaction, data)
+        self._stats.responses_sent += 1
+        try:
+            self._send(data)
+        except (OSError, RuntimeError, asyncio.QueueFull) as exc:
+            log.warning("response not sent status=%s to=%s:%s error=%s", status, self.facts.source_ip,
+                        self.facts.source_port, exc)
+
+
+class Dispatcher:
+    """Shared by every native listener: turns received messages into handler calls.
+
+    Handler calls run as tasks owned here; `drain` stops taking new requests (they get 503) and
+    waits for those in flight.
+    """
+
+    def __init__(self, max_message_bytes: int, on_response: Callable[[SipResponse], None]) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.on_response = on_response
+        self.handler: RequestHandler | None = None
+        self.stats = FrontStats()
+        self.sbc_address = ""
+        self.private_sbc_address: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
+
+    def receive(self, data: bytes, transport: str, source: tuple[str, int], send: Send,
+                table: TransactionTable | None) -> None:
+        """Entry point of every transport for one complete message. Never raises."""
+        self.stats.received += 1
+        try:
+            message = parse_message(data, max_message_bytes=self.max_message_bytes)
+        except SipParseError as exc:
+            self.stats.dropped_unparseable += 1
+            log.debug("unparseable message dropped from=%s:%s error=%s", source[0], source[1], exc)
+            return
+        if isinstance(message, SipResponse):
+            self.on_response(message)
+            return
+        try:
+            self._request(message, transport, source, send, table)
+        except Exception:  # noqa: BLE001 - nothing a peer sends may stop a listener
+            self.stats.dropped_unparseable += 1
+            log.exception("request dropped from=%s:%s", source[0], source[1])
+
+    def _request(self, message: SipRequest, transport: str, source: tuple[str, int], send: Send,
+                 table: TransactionTable | None) -> None:
+        try:
+            via = message.top_via.with_source(source[0], source[1])
+        except SipParseError:
+            self.stats.dropped_unparseable += 1  # no Via: no way to address an answer
+            return
+        message.top_via = via
+        facts = TransportFacts(source[0], source[1], transport, self.sbc_address, self.private_sbc_address)
+        missing = [name for name in REQUIRED_HEADERS if name not in message.headers]
+        problem = f"Missing {missing[0]} header" if missing else self._check(message)
+        if problem is not None:
+            self.stats.bad_requests += 1
+            incoming = NativeIncoming(message, facts, send, None, None, self.stats)
+            self._spawn(incoming.respond(400, "Bad Request", [("X-Reason", problem)]))
+            return
+        if message.method == "ACK":
+            return  # no response, no transaction; nothing we answer with a 2xx dialog
+        transaction: ServerTransaction | None = None
+        if table is not None:
+            transaction, new = table.begin(self._transaction_key(message, via))
+            if not new:
+                if transaction.final_response is not None:
+                    self.stats.responses_repeated += 1
+                    send(transaction.final_response)
+                else:
+                    self.stats.retransmissions_absorbed += 1
+                return
+        incoming = NativeIncoming(message, facts, send, transaction, table, self.stats)
+        if self._draining or self.handler is None:
+            self.stats.rejected_draining += 1
+            self._spawn(incoming.respond(503, "Service Unavailable"))
+            return
+        self._spawn(self._handle(incoming))
+
+    @staticmethod
+    def _check(message: SipRequest) -> str | None:
+        try:
+            cseq = message.cseq
+        except SipParseError:
+            return "Invalid CSeq header"
+        if cseq.method.upper() != message.method.upper():
+            return "CSeq method does not match the request method"
+        try:
+            message.from_addr
+        except SipParseError:
+            return "Invalid From header"
+        return None
+
+    @staticmethod
+    def _transaction_key(message: SipRequest, via: object) -> tuple[str, ...]:
+        branch = getattr(via, "branch", None) or ""
+        method = message.method.upper()
+        if branch.startswith(RFC3261_COOKIE):
+            return (branch, f"{getattr(via, 'host', '')}:{getattr(via, 'port', '')}", method)
+        from_tag = message.headers.get("from") or ""
+        return ("2543", message.headers.get("call-id") or "", str(message.cseq.number), from_tag, branch, method)
+
+    async def _handle(self, incoming: NativeIncoming) -> None:
+        assert self.handler is not None
+        try:
+            await self.handler(incoming)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one bad request must not affect the others
+            self.stats.handler_errors += 1
+            log.exception("request handler failed method=%s call_id=%s", incoming.message.method,
+                          incoming.message.call_id)
+        if not incoming.answered:
+            await incoming.respond(500, "Server Internal Error")
+
+    def _spawn(self, coroutine: object) -> None:
+        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace_s: float) -> None:
+        """New requests get 503 from now on; waits up to `grace_s` for those in flight, then cancels."""
+        self._draining = True
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)

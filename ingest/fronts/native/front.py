@@ -1,0 +1,172 @@
+"""The native SIP front: our own asyncio listeners on UDP, TCP, TLS, WS and WSS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+
+from ingest.fronts.front import OutboundRequest, RequestHandler
+from ingest.fronts.native.client import ClientTransactions
+from ingest.fronts.native.dispatch import Dispatcher, FrontStats
+from ingest.fronts.native.stream import StreamConnection
+from ingest.fronts.native.udp import UdpListener
+from ingest.fronts.native.websocket import WebSocketListener
+from ingest.sip import SipResponse
+from runtime.settings import SipListen, SipSettings
+
+log = logging.getLogger(__name__)
+
+DRAIN_GRACE_S = 2.0
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
+    if not cert or not key:
+        raise ValueError("tls and wss listeners need SIDECAR_TLS_CERT and SIDECAR_TLS_KEY")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _advertised_host(host: str, public_address: str | None) -> str:
+    if public_address:
+        return public_address
+    if host in ("0.0.0.0", "::"):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+    return host
+
+
+class NativeFront:
+    """A SipFront over our own sockets. Enter to bind every listener; leave to drain and close."""
+
+    def __init__(self, listen: Sequence[SipListen], *, public_address: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, max_message_bytes: int = 65536,
+                 idle_timeout_s: float = 600.0) -> None:
+        self.listen = tuple(listen)
+        self.public_address = public_address
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.max_message_bytes = max_message_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.client = ClientTransactions(self._send_udp, self._local_host, self._local_port)
+        self.dispatcher = Dispatcher(max_message_bytes, self._on_response)
+        self._udp: list[UdpListener] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._websockets: list[WebSocketListener] = []
+        self._connections: set[StreamConnection] = set()
+        self._bound: list[tuple[str, str, int]] = []  # transport, advertised host, port
+        self._ready = False
+
+    @classmethod
+    def from_settings(cls, settings: SipSettings) -> NativeFront:
+        return cls(settings.listen, public_address=settings.public_address, tls_cert=settings.tls_cert,
+                   tls_key=settings.tls_key, max_message_bytes=settings.max_message_bytes,
+                   idle_timeout_s=settings.idle_timeout_s)
+
+    @property
+    def sbc_address(self) -> str:
+        return self.dispatcher.sbc_address
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def stats(self) -> FrontStats:
+        return self.dispatcher.stats
+
+    def bound(self, transport: str) -> tuple[str, int]:
+        """The (host, port) a transport's first listener is bound to (ports resolved when 0 was asked)."""
+        for name, host, port in self._bound:
+            if name == transport:
+                return host, port
+        raise KeyError(transport)
+
+    def set_handler(self, handler: RequestHandler) -> None:
+        self.dispatcher.handler = handler
+
+    async def send_request(self, request: OutboundRequest, timeout_s: float = 32.0) -> SipResponse:
+        return await self.client.send(request, timeout_s)
+
+    async def __aenter__(self) -> NativeFront:
+        try:
+            for item in self.listen:
+                await self._start(item)
+        except BaseException:
+            await self._close()
+            raise
+        self.dispatcher.sbc_address = ",".join(f"{t}/{h}:{p}" for t, h, p in self._bound)
+        self._ready = True
+        log.info("native SIP front listening sbc_address=%s", self.dispatcher.sbc_address)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._ready = False
+        await self.dispatcher.drain(DRAIN_GRACE_S)
+        await self._close()
+
+    async def _start(self, item: SipListen) -> None:
+        loop = asyncio.get_running_loop()
+        advertised = _advertised_host(item.host, self.public_address)
+        if item.transport == "udp":
+            _, protocol = await loop.create_datagram_endpoint(lambda: UdpListener(self.dispatcher),
+                                                              local_addr=(item.host, item.port))
+            self._udp.append(protocol)
+            port = protocol.local_address[1]
+        elif item.transport in ("tcp", "tls"):
+            context = _tls_context(self.tls_cert, self.tls_key) if item.transport == "tls" else None
+            server = await loop.create_server(
+                lambda: StreamConnection(self.dispatcher, item.transport, self.idle_timeout_s,
+                                         self.max_message_bytes, self._connections),
+                item.host, item.port, ssl=context, reuse_address=True)
+            self._servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+        else:
+            context = _tls_context(self.tls_cert, self.tls_key) if item.transport == "wss" else None
+            listener = WebSocketListener(self.dispatcher, item.transport, item.host, item.port, context,
+                                         self.idle_timeout_s, self.max_message_bytes)
+            await listener.start()
+            self._websockets.append(listener)
+            port = listener.bound_port
+        self._bound.append((item.transport, advertised, port))
+
+    async def _close(self) -> None:
+        for protocol in self._udp:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        for server in self._servers:
+            server.close()
+        for connection in list(self._connections):
+            connection.close()
+        for server in self._servers:
+            await server.wait_closed()
+        for listener in self._websockets:
+            await listener.close()
+        self._udp.clear()
+        self._servers.clear()
+        self._websockets.clear()
+
+    def _on_response(self, response: SipResponse) -> None:
+        self.client.on_response(response)
+
+    def _send_udp(self, payload: bytes, address: tuple[str, int]) -> None:
+        if not self._udp:
+            raise ConnectionError("no udp listener to send from")
+        self._udp[0].sendto(payload, address)
+
+    def _local_host(self, transport: str) -> str:
+        try:
+            return self.bound(transport)[0]
+        except KeyError:
+            return self._bound[0][1] if self._bound else "127.0.0.1"
+
+    def _local_port(self, transport: str) -> int:
+        try:
+            return self.bound(transport)[1]
+        except KeyError:
+            return 5060

@@ -1,0 +1,85 @@
+"""The reply path's ingest end: one reader of `replies:<ingest_id>` resolving waiters by correlation id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from events import EventCodec, ReplyIssued
+
+log = logging.getLogger(__name__)
+
+
+class ReplyRouter:
+    """A Worker: reads this instance's reply stream and hands each decision to its waiting request."""
+
+    name = "replies"
+
+    def __init__(self, redis: Redis, codec: EventCodec, stream: str, block_ms: int = 1000) -> None:
+        self.redis = redis
+        self.codec = codec
+        self.stream = stream
+        self.block_ms = block_ms
+        self.ready = asyncio.Event()
+        self._waiters: dict[str, asyncio.Future[ReplyIssued]] = {}
+        self._stopping = False
+        self._last_id = "$"
+        self.late_replies = 0
+
+    def expect(self, correlation_id: str) -> asyncio.Future[ReplyIssued]:
+        """Registers a waiter before the request is appended, so no reply can be missed."""
+        future: asyncio.Future[ReplyIssued] = asyncio.get_running_loop().create_future()
+        self._waiters[correlation_id] = future
+        return future
+
+    def forget(self, correlation_id: str) -> None:
+        self._waiters.pop(correlation_id, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def run(self) -> None:
+        # Start from the stream's current end: replies are only for requests made from now on.
+        info = await self.redis.xrevrange(self.stream, count=1)
+        self._last_id = info[0][0].decode() if info else "0-0"
+        self.ready.set()
+        backoff = 0.05
+        while not (self._stopping and not self._waiters):
+            try:
+                response = await self.redis.xread({self.stream: self._last_id}, count=500,
+                                                   block=100 if self._stopping else self.block_ms)
+                backoff = 0.05
+            except RedisError as exc:
+                log.warning("reply stream read failed error=%s; retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not response:
+                if self._stopping:
+                    return
+                continue
+            for entry_id, fields in response[0][1]:
+                self._last_id = entry_id.decode()
+                self._deliver(fields)
+
+    def _deliver(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            reply = self.codec.decode(fields)
+        except ValueError as exc:
+            log.error("undecodable reply dropped error=%s", exc)
+            return
+        if not isinstance(reply, ReplyIssued):
+            log.error("unexpected event on reply stream type=%s", reply.TYPE)
+            return
+        future = self._waiters.pop(reply.correlation_id, None)
+        if future is None or future.done():
+            self.late_replies += 1
+            return
+        future.set_result(reply)

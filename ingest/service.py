@@ -1,0 +1,138 @@
+"""Ingest: requests from a SIP front become events; the processors' decisions become SIP answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from events import Event, ReplyIssued
+from ingest.fronts.front import IncomingRequest, SipFront
+from ingest.replies import ReplyRouter
+from ingest.requests import BadRequest, is_heartbeat, options_received, register_received
+from runtime.eventlog import Appender
+from runtime.services import Services, Worker
+
+log = logging.getLogger(__name__)
+
+ALLOWED_METHODS = "REGISTER, OPTIONS"
+
+
+@dataclass(slots=True)
+class IngestStats:
+    registers: int = 0
+    options_answered: int = 0
+    heartbeats: int = 0
+    bad_requests: int = 0
+    not_allowed: int = 0
+    decision_timeouts: int = 0
+    store_failures: int = 0
+
+
+class Ingest:
+    """The request handler both fronts call: append, await the decision, answer."""
+
+    def __init__(self, appender: Appender, replies: ReplyRouter, requests_stream: str, reply_to: str,
+                 reply_timeout_s: float) -> None:
+        self.appender = appender
+        self.replies = replies
+        self.requests_stream = requests_stream
+        self.reply_to = reply_to
+        self.reply_timeout_s = reply_timeout_s
+        self.stats = IngestStats()
+
+    async def __call__(self, request: IncomingRequest) -> None:
+        message = request.message
+        method = message.method.upper()
+        if method == "REGISTER":
+            self.stats.registers += 1
+            event = register_received(message, request.facts, self.reply_to)
+            if isinstance(event, BadRequest):
+                self.stats.bad_requests += 1
+                await request.respond(400, "Bad Request", [("X-Reason", event.reason)])
+                return
+            await self._decide(request, event)
+        elif method == "OPTIONS":
+            if not is_heartbeat(message):
+                self.stats.options_answered += 1
+                await request.respond(200, "OK")
+                return
+            self.stats.heartbeats += 1
+            await self._decide(request, options_received(message, request.facts, self.reply_to))
+        elif method == "ACK":
+            return
+        else:
+            self.stats.not_allowed += 1
+            await request.respond(405, "Method Not Allowed", [("Allow", ALLOWED_METHODS)])
+
+    async def _decide(self, request: IncomingRequest, event: Event) -> None:
+        waiter = self.replies.expect(event.correlation_id)
+        try:
+            await self.appender.append(self.requests_stream, event)
+        except Exception as exc:  # noqa: BLE001 - any store fault is answered, never crashes the listener
+            self.replies.forget(event.correlation_id)
+            self.stats.store_failures += 1
+            log.error("request not recorded, answering 500 type=%s call_id=%s error=%s", event.TYPE,
+                      getattr(event, "call_id", ""), exc)
+            await request.respond(500, "Server Internal Error", [("X-Reason", "event log unavailable")])
+            return
+        try:
+            async with asyncio.timeout(self.reply_timeout_s):
+                reply: ReplyIssued = await waiter
+        except TimeoutError:
+            self.replies.forget(event.correlation_id)
+            self.stats.decision_timeouts += 1
+            log.error("no decision in time, answering 500 type=%s correlation_id=%s", event.TYPE,
+                      event.correlation_id)
+            await request.respond(500, "Server Internal Error", [("X-Reason", "no decision in time")])
+            return
+        await request.respond(reply.status, reply.reason, reply.headers)
+
+
+class IngestWorker:
+    """The ingest role of a process: the SIP front, the reply reader and the append batcher."""
+
+    name = "ingest"
+
+    def __init__(self, services: Services, front: SipFront) -> None:
+        settings = services.settings
+        self.front = front
+        self.replies = ReplyRouter(services.redis, services.codec, services.names.replies(settings.ingest_id))
+        self.appender = Appender(services.eventlog)
+        self.ingest = Ingest(self.appender, self.replies, services.names.requests, settings.ingest_id,
+                             settings.reply_timeout_s)
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        self.front.set_handler(self.ingest)
+        async with asyncio.TaskGroup() as group:
+            replies = group.create_task(self.replies.run(), name="replies")
+            await self.replies.ready.wait()
+            async with self.appender:
+                async with self.front:
+                    self.ready.set()
+                    log.info("ingest serving sbc_address=%s", self.front.sbc_address)
+                    await self._stop.wait()
+                    log.info("ingest stopping: listeners closed, finishing in-flight requests")
+            self.replies.stop()
+            await replies
+
+
+def build_ingest(services: Services) -> list[Worker]:
+    settings = services.settings
+    if settings.sip.front == "drachtio":
+        from ingest.fronts.drachtio import DrachtioFront
+
+        assert settings.drachtio is not None
+        front: SipFront = DrachtioFront(settings.drachtio.host, settings.drachtio.port,
+                                        settings.drachtio.secret.reveal(),
+                                        network_cidrs=settings.sip.network_cidrs)
+    else:
+        from ingest.fronts.native import NativeFront
+
+        front = NativeFront.from_settings(settings.sip)
+    return [IngestWorker(services, front)]

@@ -1,0 +1,105 @@
+"""The expiry processor: a RegistrationExpired for every binding that lapses without refresh.
+
+The due-time index (`expiry-due`, kept by the registrations projection) is swept by a Lua
+script that removes each due AOR and appends its RegistrationExpired in one atomic step, so
+with any number of processes running each lapse gives exactly one event, and a process that
+dies mid-sweep loses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from events import StreamNames, new_event_id
+from events.envelope import utc_now
+from runtime.redis_scripts import Script
+from runtime.services import Services, Worker
+
+log = logging.getLogger(__name__)
+
+SWEEP_LUA = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
+local n = 0
+for i = 1, #due, 2 do
+  local aor, score = due[i], due[i + 1]
+  redis.call('ZREM', KEYS[1], aor)
+  local granted = redis.call('HGET', KEYS[2], aor)
+  if granted then
+    n = n + 1
+    local eid = ARGV[4 + n]
+    local data = '{"event_id":' .. cjson.encode(eid) .. ',"occurred_at":' .. cjson.encode(ARGV[2])
+      .. ',"correlation_id":' .. cjson.encode(eid) .. ',"causation_id":' .. cjson.encode(granted)
+      .. ',"aor":' .. cjson.encode(aor) .. ',"expiry_time_ms":' .. string.format('%d', tonumber(score))
+      .. ',"granted_event_id":' .. cjson.encode(granted) .. '}'
+    redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[3], '*', 'type', 'RegistrationExpired', 'v', '1',
+      'data', data)
+  end
+end
+return {n, #due / 2}
+"""
+
+SWEEP_SCRIPT = Script("expiry-sweep", SWEEP_LUA)
+
+
+class ExpirySweeper:
+    """A Worker that sweeps the due index every `interval_s`."""
+
+    name = "expiry"
+
+    def __init__(self, redis: Redis, names: StreamNames, retention_s: int, *, interval_s: float = 1.0,
+                 batch: int = 200, clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.names = names
+        self.retention_s = retention_s
+        self.interval_s = interval_s
+        self.batch = batch
+        self.clock = clock
+        self.ready = asyncio.Event()
+        self.expired = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def sweep(self) -> int:
+        """One pass; returns how many RegistrationExpired events it appended."""
+        total = 0
+        while True:
+            now_ms = int(self.clock() * 1000)
+            min_id = f"{max(now_ms - self.retention_s * 1000, 0)}-0"
+            ids = [new_event_id() for _ in range(self.batch)]
+            now_iso = utc_now().isoformat().replace("+00:00", "Z")
+            keys = (self.names.expiry_due, self.names.registration_versions, self.names.registrations)
+            result = await SWEEP_SCRIPT.run(self.redis, keys, (now_ms, now_iso, min_id, self.batch, *ids))
+            appended, scanned = (int(x) for x in result)  # type: ignore[attr-defined]
+            total += appended
+            if scanned < self.batch:
+                break
+        if total:
+            self.expired += total
+            log.info("bindings expired count=%d", total)
+        return total
+
+    async def run(self) -> None:
+        self.ready.set()
+        while not self._stop.is_set():
+            try:
+                await self.sweep()
+            except RedisError as exc:
+                log.warning("expiry sweep failed error=%s", exc)
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+
+
+def build(services: Services) -> list[Worker]:
+    return [ExpirySweeper(services.redis, services.names, services.settings.eventlog.retention_s,
+                          clock=services.clock)]

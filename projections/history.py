@@ -1,0 +1,157 @@
+"""The history projection: the story of each AOR (requests, decisions, expiries), for `sbc-sidecar history`.
+
+Each event about an AOR becomes one summary in a per-AOR sorted set scored by time. ZADD of the
+same summary is a no-op, so replays and re-deliveries are harmless; entries older than the
+retention window are dropped as new ones arrive, and the key expires with the window.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+
+from events import (
+    Event,
+    RegisterChallenged,
+    RegisterReceived,
+    RegisterRejected,
+    RegistrationExpired,
+    RegistrationGranted,
+    RegistrationRefreshed,
+    RegistrationRemoved,
+    StreamNames,
+)
+from events.streams import GROUP_HISTORY_PROJECTION
+from runtime.connections import open_redis
+from runtime.consumer import Consumer
+from runtime.handling import Delivery, Outcome, RedisCommand
+from runtime.services import Services, Worker
+from runtime.settings import Settings
+
+_json = msgspec.json.Encoder()
+
+
+def _source(event: Event) -> str | None:
+    ip, port = getattr(event, "source_ip", None), getattr(event, "source_port", None)
+    return f"{ip}:{port}" if ip else None
+
+
+def aor_of(event: Event) -> str | None:
+    if isinstance(event, RegisterReceived):
+        if event.aor_host is None:
+            return None
+        return f"{event.aor_user}@{event.aor_host}"
+    return getattr(event, "aor", None)
+
+
+def summarize(entry_id: str, event: Event) -> dict[str, object] | None:
+    """What the history keeps of one event; None for events that are not about an AOR."""
+    step: dict[str, object] = {"id": entry_id, "at": event.occurred_at.isoformat(), "type": event.TYPE,
+                               "correlation_id": event.correlation_id}
+    source = _source(event)
+    if source:
+        step["source"] = source
+    if isinstance(event, RegisterReceived):
+        step.update(transport=event.transport, expires=event.expires, call_id=event.call_id,
+                    credentials=event.authorization is not None)
+        if event.authorization is not None and event.authorization.username:
+            step["username"] = event.authorization.username
+        if event.user_agent:
+            step["user_agent"] = event.user_agent
+    elif isinstance(event, RegisterChallenged):
+        step.update(status=401, reason="Unauthorized", stale=event.stale)
+    elif isinstance(event, RegisterRejected):
+        step.update(status=event.status, reason=event.reason, cause=event.cause)
+        if event.x_reason:
+            step["x_reason"] = event.x_reason
+    elif isinstance(event, RegistrationGranted):
+        step.update(status=200, expires=event.granted_expires_s, advertised_expires=event.advertised_expires_s,
+                    contact=event.contact, protocol=event.protocol)
+    elif isinstance(event, RegistrationRefreshed):
+        step.update(status=200, expires=event.advertised_expires_s, cached=True)
+    elif isinstance(event, RegistrationRemoved):
+        step.update(status=200, expires=0)
+    elif isinstance(event, RegistrationExpired):
+        step.update(expiry_time_ms=event.expiry_time_ms)
+    else:
+        return None
+    return step
+
+
+class HistoryProjection:
+    def __init__(self, names: StreamNames, retention_s: int) -> None:
+        self.names = names
+        self.retention_s = retention_s
+
+    def commands_for(self, entry_id: str, event: Event) -> list[RedisCommand]:
+        aor = aor_of(event)
+        step = summarize(entry_id, event) if aor else None
+        if aor is None or step is None:
+            return []
+        key = self.names.history(aor)
+        at_ms = int(event.occurred_at.timestamp() * 1000)
+        oldest_ms = at_ms - self.retention_s * 1000
+        return [
+            ("ZADD", key, at_ms, _json.encode(step)),
+            ("ZREMRANGEBYSCORE", key, "-inf", f"({oldest_ms}"),
+            ("EXPIRE", key, self.retention_s),
+        ]
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        return [Outcome(writes=self.commands_for(d.entry_id, d.event)) for d in deliveries]
+
+
+def build(services: Services) -> list[Worker]:
+    projection = HistoryProjection(services.names, services.settings.eventlog.retention_s)
+    names = services.names
+    return [Consumer(services.eventlog, stream, GROUP_HISTORY_PROJECTION, projection,
+                     name=f"{GROUP_HISTORY_PROJECTION}-{kind}-{services.settings.ingest_id}")
+            for kind, stream in (("requests", names.requests), ("registrations", names.registrations))]
+
+
+def describe_step(step: dict[str, object]) -> str:
+    """One human line for one step of the story."""
+    at = datetime.fromisoformat(str(step["at"])).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    kind = step["type"]
+    source = step.get("source", "")
+    if kind == "RegisterReceived":
+        creds = f"with credentials of {step.get('username')}" if step.get("credentials") else "without credentials"
+        text = f"REGISTER from {source} over {step.get('transport')}, expires={step.get('expires')}, {creds}"
+    elif kind == "RegisterChallenged":
+        text = "401 Unauthorized: challenged" + (" (stale nonce)" if step.get("stale") else "")
+    elif kind == "RegisterRejected":
+        text = f"{step.get('status')} {step.get('reason')}: {step.get('cause')}"
+    elif kind == "RegistrationGranted":
+        text = (f"200 OK: registered for {step.get('expires')} s (advertised {step.get('advertised_expires')} s), "
+                f"contact {step.get('contact')}")
+    elif kind == "RegistrationRefreshed":
+        text = f"200 OK: refreshed from the cached binding (expires {step.get('expires')} s, not re-authenticated)"
+    elif kind == "RegistrationRemoved":
+        text = "200 OK: unregistered"
+    elif kind == "RegistrationExpired":
+        text = "binding expired without refresh"
+    else:
+        text = str(kind)
+    return f"{at}  {text}"
+
+
+async def load_history(redis: object, names: StreamNames, aor: str) -> list[dict[str, object]]:
+    raw = await redis.zrange(names.history(aor), 0, -1)  # type: ignore[attr-defined]
+    steps = [json.loads(item) for item in raw]
+    steps.sort(key=lambda s: (s["at"], s["id"]))
+    return steps
+
+
+async def print_history(settings: Settings, aor: str, *, as_json: bool) -> int:
+    names = StreamNames(settings.eventlog.cluster_id)
+    async with open_redis(settings.redis) as redis:
+        steps = await load_history(redis, names, aor)
+    if not steps:
+        print(f"no history for {aor} in the last {settings.eventlog.retention_s // 3600} hours")
+        return 1
+    for step in steps:
+        print(json.dumps(step) if as_json else describe_step(step))
+    return 0

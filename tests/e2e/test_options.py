@@ -1,0 +1,30 @@
+"""OPTIONS end to end over the native front, driven by sipp (SPEC 3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Sidecar, run_sipp, udp_exchange
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_keepalive_options_get_200(sidecar: Sidecar, transport: str) -> None:
+    port = sidecar.udp_port if transport == "u1" else sidecar.tcp_port
+    result = await run_sipp("options.xml", port, transport=transport, calls=20, rate=50)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SIP/2.0 200 OK" in result.messages
+    assert "X-Members" not in result.messages
+
+
+async def test_keepalive_options_make_no_events(sidecar: Sidecar, redis) -> None:
+    request = (
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.8.7:5999;branch=z9hG4bKka1;rport\r\n"
+        "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ka-1\r\nCSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    answer = await udp_exchange(sidecar.udp_port, request)
+    assert answer.startswith(b"SIP/2.0 200 OK\r\n")
+    # RFC 3581: the answer's Via names the packet's real source address and port
+    assert b"Via: SIP/2.0/UDP 10.9.8.7:5999;branch=z9hG4bKka1;rport=" in answer
+    assert b";received=127.0.0.1" in answer
+    assert await redis.xlen(sidecar.names.requests) == 0
