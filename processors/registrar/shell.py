@@ -38,6 +38,7 @@ from processors.registrar.accounts import DEFAULT_CACHE_TTL_S, AccountStore
 from processors.registrar.client_password import ClientPasswordCipher
 from processors.registrar.decide import Decision, Need, RegistrarPolicy, Situation, decide
 from processors.registrar.facts import NOT_FOUND, Account, Facts, StoreFailure, parse_stored_binding
+from processors.registrar.lookup_cache import TtlCache
 from processors.registrar.nonce import NonceSigner
 from processors.registrar.webhook import WebhookCall, call_webhook, webhook_payload
 from runtime.errors import StoreUnavailable
@@ -110,6 +111,8 @@ class Registrar:
         self._accounts = AccountStore(
             mysql_pool, cache_ttl_s=config.account_cache_ttl_s, query_timeout_s=config.store_timeout_s
         )
+        # TTL 0: nothing is kept, but concurrent REGISTERs of one realm share one ZSCAN.
+        self._device_counts: TtlCache[str, int | StoreFailure] = TtlCache(0)
 
     async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]:
         results: list[Outcome | BaseException] = [Outcome() for _ in deliveries]
@@ -182,7 +185,8 @@ class Registrar:
                 return dataclasses.replace(facts, capacities=_failure(exc))
             return dataclasses.replace(facts, capacities=capacities)
         if need is Need.DEVICE_COUNT:
-            return dataclasses.replace(facts, device_count=await self._count_devices(realm, now_ms))
+            count = await self._device_counts.get(realm, lambda: self._count_devices(realm, now_ms))
+            return dataclasses.replace(facts, device_count=count)
         if need is Need.WEBHOOK:
             hook = account.registration_hook
             if hook is None:

@@ -55,6 +55,17 @@ class WebhookCall:
         return (self.method or "POST").upper() == "GET"
 
 
+def loggable_url(url: str) -> str:
+    """The URL without user:password@ or query, for log lines."""
+    try:
+        parsed = yarl.URL(url)
+        if parsed.absolute:
+            parsed = parsed.with_user(None)
+        return str(parsed.with_query(None).with_fragment(None))
+    except (TypeError, ValueError):
+        return "<unparseable url>"
+
+
 def webhook_payload(request: RegisterReceived, hook_method: str) -> Payload:
     """source_address, source_port, method, headers (only when the DB method is exactly POST),
     expires and every parsed Authorization field that is present (SPEC 2.6)."""
@@ -122,6 +133,7 @@ async def call_webhook(
 ) -> WebhookVerdict:
     """Call the webhook once, within `timeout_s`; redirects are followed, as with fetch."""
     started = time.perf_counter()
+    where = loggable_url(call.url)
 
     def verdict(
         http_status: int | None = None,
@@ -137,21 +149,21 @@ async def call_webhook(
             async with session.request(method, url, headers=headers, data=body) as response:
                 status = response.status
                 if status != 200:
-                    log.info("webhook answered url=%s status=%s", call.url, status)
+                    log.info("webhook answered url=%s status=%s", where, status)
                     return verdict(http_status=status)
                 raw = await response.read()
     except TimeoutError:
-        log.warning("webhook timed out url=%s timeout_s=%s", call.url, timeout_s)
+        log.warning("webhook timed out url=%s timeout_s=%s", where, timeout_s)
         return verdict(failure=WebhookFailure.TIMEOUT)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        # ValueError: a URL yarl/aiohttp cannot use. The exception text names the URL, not secrets.
-        log.warning("webhook unreachable url=%s error=%s", call.url, type(exc).__name__)
+        # ValueError: a URL yarl/aiohttp cannot use. Only the exception's type is logged.
+        log.warning("webhook unreachable url=%s error=%s", where, type(exc).__name__)
         return verdict(failure=WebhookFailure.UNREACHABLE)
     try:
         parsed = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         parsed = None
     if not isinstance(parsed, dict):
-        log.info("webhook answered 200 without a JSON object url=%s", call.url)
+        log.info("webhook answered 200 without a JSON object url=%s", where)
         return verdict(http_status=200, failure=WebhookFailure.NOT_JSON)
     return verdict(http_status=200, body=parsed)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -322,3 +323,16 @@ async def test_connection_refused_is_unreachable(session: aiohttp.ClientSession)
 async def test_unusable_url_is_unreachable(session: aiohttp.ClientSession, url: str) -> None:
     verdict = await call(session, url)
     assert verdict.failure is WebhookFailure.UNREACHABLE
+
+
+async def test_logs_hold_no_credentials(
+    hook: Hook, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="processors.registrar")
+    url = hook.base.replace("http://", "http://foo:hunter2@") + "/404?token=s3cret"
+    verdict = await call(session, url, password=None)  # aiohttp refuses URL credentials plus a Basic header
+    assert verdict.http_status == 404
+    text = caplog.text
+    assert "status=404" in text and "/auth/404" in text
+    for secret in ("hunter2", "s3cret", "Zm9vOmJhcg", "0123456789abcdef0123456789abcdef", "bar"):
+        assert secret not in text
