@@ -104,20 +104,31 @@ class SippResult:
 
 async def run_sipp(scenario: str, target_port: int, *, transport: str = "u1", calls: int = 1,
                    rate: int = 10, timeout_s: float = 30.0, local_ip: str = "127.0.0.1",
-                   extra: list[str] | None = None, inf: str | None = None) -> SippResult:
+                   extra: list[str] | None = None, inf: str | None = None,
+                   replace: dict[str, str] | None = None) -> SippResult:
     """Runs one sipp UAC scenario against 127.0.0.1:<target_port>; returns its exit code and trace."""
     if SIPP is None:
         pytest.fail("sipp is not installed (Debian package sip-tester); .ci/run installs it")
     workdir = Path(tempfile.mkdtemp(prefix="sipp-"))
-    args = [SIPP, f"127.0.0.1:{target_port}", "-sf", str(SCENARIOS / scenario), "-t", transport,
-            "-i", local_ip, "-p", str(free_port()), "-m", str(calls), "-r", str(rate), "-nostdin",
+    scenario_path = SCENARIOS / scenario
+    if replace:  # sipp substitutes keywords in messages only, not in <recv response="...">
+        text = scenario_path.read_text()
+        for old, new in replace.items():
+            text = text.replace(old, new)
+        scenario_path = workdir / scenario
+        scenario_path.write_text(text)
+    args = [SIPP, f"127.0.0.1:{target_port}", "-sf", str(scenario_path), "-t", transport,
+            "-i", local_ip, "-m", str(calls), "-r", str(rate), "-nostdin",
             "-timeout", f"{int(timeout_s)}s", "-timeout_error", "-trace_msg", "-message_file",
             str(workdir / "messages.log"), "-trace_err", "-error_file", str(workdir / "errors.log")]
     if inf:
         inf_path = workdir / "data.csv"
         inf_path.write_text(inf)
         args += ["-inf", str(inf_path)]
-    args += extra or []
+    extra = list(extra or [])
+    if "-p" not in extra:
+        extra += ["-p", str(free_port())]
+    args += extra
     process = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                    stdin=subprocess.DEVNULL, cwd=workdir)
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s + 15)
