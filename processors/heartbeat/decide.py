@@ -1,7 +1,7 @@
 """The heartbeat decision (SPEC 3): one OPTIONS from a feature or RTP server → a fact and the answer.
 
-Pure: the shell hands in the sets as the batch sees them and the drained IPs; nothing here
-reads a clock or a store.
+Pure: the shell hands in the sets as the batch sees them, the drained IPs and the time; nothing
+here reads a clock or a store (only new event ids are random).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def decide(
 
 
 def failed(options: OptionsReceived, *, cause_id: str, now: datetime) -> ReplyIssued:
-    """The answer when the sets could not be read or written: 503 (SPEC 3, "on any exception")."""
+    """The answer when the sets could not be read: 503 (SPEC 3, "on any exception")."""
     return _reply(options, cause_id, now, 503, "Service Unavailable", [])
 
 

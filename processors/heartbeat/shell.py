@@ -91,5 +91,6 @@ class Heartbeat:
         reply = failed(options, cause_id=delivery.entry_id, now=now)
         return Outcome(appends=[(self.names.replies(options.reply_to), reply)])
 
+
 def _texts(values: set[bytes] | set[str]) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
