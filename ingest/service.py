@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 
 from events import Event, ReplyIssued
 from ingest.fronts.front import IncomingRequest, SipFront
@@ -106,6 +106,15 @@ class IngestWorker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def metrics(self) -> dict[str, float]:
+        values: dict[str, float] = {f"requests_{k}": v for k, v in asdict(self.ingest.stats).items()}
+        front_stats = getattr(self.front, "stats", None)
+        if front_stats is not None and is_dataclass(front_stats):
+            values.update({f"sip_{k}": v for k, v in asdict(front_stats).items()})
+        values["replies_waiting"] = self.replies.waiting
+        values["replies_late"] = self.replies.late_replies
+        return values
 
     async def run(self) -> None:
         self.front.set_handler(self.ingest)

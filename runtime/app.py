@@ -29,6 +29,19 @@ def role_builders() -> dict[str, Callable[[Services], list[Worker]]]:
     return {"ingest": ingest.build, "processors": processors.build, "projections": projections.build}
 
 
+def collect_metrics(workers: Sequence[Worker]) -> dict[str, float]:
+    """Counters of every worker that keeps them (`metrics()`), prefixed by the worker's name."""
+    values: dict[str, float] = {}
+    for worker in workers:
+        metrics = getattr(worker, "metrics", None)
+        if callable(metrics):
+            prefix = str(getattr(worker, "metrics_name", worker.name)).replace("-", "_")
+            for key, value in metrics().items():
+                name = f"{prefix}_{key}"
+                values[name] = values.get(name, 0) + value
+    return values
+
+
 async def _wait_stores(services: Services, timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
         await services.redis.ping()
@@ -55,7 +68,7 @@ async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio
         builders = role_builders()
         staged: list[list[Worker]] = [builders[role](services) for role in ROLES if role in roles]
         workers = [w for stage in staged for w in stage]
-        health = HealthServer(*settings.http_listen, workers)
+        health = HealthServer(*settings.http_listen, workers, metrics=lambda: collect_metrics(workers))
         log.info("starting roles=%s workers=%s", ",".join(roles), ",".join(w.name for w in workers))
         async with asyncio.TaskGroup() as group:
             tasks = {id(w): group.create_task(w.run(), name=w.name) for w in workers}

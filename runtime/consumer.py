@@ -68,11 +68,15 @@ class Consumer:
         self.claim_idle_ms = settings.claim_idle_ms
         self.max_deliveries = settings.max_deliveries
         self.stats = ConsumerStats()
+        self.metrics_name = f"consumer_{group}_{stream.rsplit(':', 1)[-1]}"
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._next_claim = 0.0
         self._failures: dict[str, str] = {}  # entry id -> last error, for the dead letter
         self._failures_key = eventlog.names.failures(group)
+
+    def metrics(self) -> dict[str, float]:
+        return {key: getattr(self.stats, key) for key in self.stats.__slots__}  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         """Stop reading; the batch in hand is finished and committed first."""
