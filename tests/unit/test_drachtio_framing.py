@@ -1,4 +1,4 @@
-"""drachtio frames and leader messages: byte counting, split and joined frames, the outgoing size limit."""
+"""drachtio frames, leader messages and the SIP text inside: byte counts, split/joined frames, size limit."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from ingest.fronts.drachtio.messages import (
     server_version_at_least,
     split_payload,
 )
+from ingest.fronts.drachtio.render import render_request, render_response, salvage_response, timeout_response
+from ingest.fronts.front import OutboundRequest
+from ingest.sip import SipRequest, parse_message
 
 # DRACHTIO.md 14.1 and 14.2, byte for byte.
 AUTH_FRAME = b"56#0b6d1e0a-6c0e-4a53-9d0a-2f7e8c1b9a01|authenticate|cymru|"
@@ -237,3 +240,78 @@ def test_parse_other_and_malformed_messages() -> None:
 )
 def test_server_version_at_least(version: str, expected: bool) -> None:
     assert server_version_at_least(version, (0, 8, 2)) is expected
+
+
+# -- the SIP text inside `sip` frames (DRACHTIO.md 6 and 7) ---------------------------------------
+
+
+def test_response_text_copies_dialog_headers_and_leaves_the_rest_to_drachtio() -> None:
+    request = parse_message(REGISTER_SIP.replace(b"From:", b"f:").replace(b"Call-ID:", b"i:"))
+    assert isinstance(request, SipRequest)
+    text = render_response(
+        request,
+        200,
+        "",
+        [
+            ("Via", "SIP/2.0/UDP 6.6.6.6"),
+            ("Record-Route", "<sip:x>"),
+            ("RSeq", "1"),
+            ("Content-Length", "99"),
+            ("m", "<sip:alice@192.0.2.44:5062>;expires=30"),
+            ("To", "<sip:alice@example.com>;tag=mine"),
+            ("X-Custom", "kept"),
+        ],
+        b"",
+    )
+    assert text == (
+        b"SIP/2.0 200 OK\r\n"
+        b"Call-ID: 1j9FpLxk3uxtm8tn@192.0.2.44\r\n"
+        b"CSeq: 1 REGISTER\r\n"
+        b"From: <sip:alice@example.com>;tag=a73kszlfl\r\n"
+        b"To: <sip:alice@example.com>;tag=mine\r\n"
+        b"Contact: <sip:alice@192.0.2.44:5062>;expires=30\r\n"
+        b"X-Custom: kept\r\n"
+        b"Content-Length: 0\r\n"
+        b"\r\n"
+    )
+
+
+def test_response_text_refuses_what_drachtio_cannot_take() -> None:
+    request = parse_message(REGISTER_SIP)
+    assert isinstance(request, SipRequest)
+    with pytest.raises(ValueError):
+        render_response(request, 200, "OK", [("X-Bad", "a\r\nInjected: 1")])
+    with pytest.raises(ValueError):
+        render_response(request, 200, "OK", [("Bad Name", "v")])
+    with pytest.raises(ValueError):
+        render_response(request, 700, "Nope")
+    with pytest.raises(ValueError):
+        render_response(request, 200, "OK\r\nX: y")
+
+
+def test_salvaged_response_keeps_what_it_can_read() -> None:
+    raw = b"REGISTER sip:x SIP/2.0\r\nCSeq: 9 REGISTER\r\nt: <sip:b@x>\r\n\x00junk\r\n\r\n"
+    assert salvage_response(raw, 400, "Bad Request") == (
+        b"SIP/2.0 400 Bad Request\r\nCSeq: 9 REGISTER\r\nTo: <sip:b@x>\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert salvage_response(b"\xff\xfe", 400, "Bad Request") == (
+        b"SIP/2.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+def test_request_text_and_timeout_response() -> None:
+    request = OutboundRequest(
+        "options",
+        "sip:203.0.113.10:5060;transport=tcp",
+        headers=[("Via", "SIP/2.0/UDP x"), ("i", "c-1"), ("Content-Length", "5"), ("X-Probe", "1")],
+    )
+    assert render_request(request) == (
+        b"OPTIONS sip:203.0.113.10:5060;transport=tcp SIP/2.0\r\nCall-ID: c-1\r\nX-Probe: 1\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    timeout = timeout_response(request)
+    assert (timeout.status, timeout.reason, timeout.call_id) == (408, "Request Timeout", "c-1")
+    with pytest.raises(ValueError):
+        render_request(OutboundRequest("OPTIONS", "sip:a b"))
+    with pytest.raises(ValueError):
+        render_request(OutboundRequest("OPT IONS", "sip:a"))

@@ -1,0 +1,442 @@
+"""`DrachtioFront`: the SIP front that is a client of drachtio-server's control connection (inbound mode).
+
+One supervisor task owns the connection: it connects, authenticates, routes `register` and
+`options`, then reads frames and pings until the link dies, and reconnects with capped exponential
+backoff. Handler tasks and callers of `send_request` only write frames and wait on futures that
+the supervisor resolves. All tasks live in a TaskGroup owned by the async context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
+
+from ingest.fronts.drachtio.errors import (
+    DrachtioAuthenticationError,
+    DrachtioCommandError,
+    DrachtioConnectionError,
+    DrachtioError,
+)
+from ingest.fronts.drachtio.framing import FrameFormatError
+from ingest.fronts.drachtio.hostports import (
+    PublicSipAddresses,
+    parse_network_cidrs,
+    private_sip_address,
+    public_sip_addresses,
+)
+from ingest.fronts.drachtio.link import DrachtioStats, Link
+from ingest.fronts.drachtio.messages import (
+    CommandReply,
+    ServerMessage,
+    SipDelivery,
+    authenticate_payload,
+    new_message_id,
+    ping_payload,
+    request_payload,
+    response_payload,
+    route_payload,
+    server_version_at_least,
+)
+from ingest.fronts.drachtio.render import render_request, render_response, salvage_response, timeout_response
+from ingest.fronts.drachtio.request import DrachtioRequest
+from ingest.fronts.front import OutboundRequest, RequestHandler, TransportFacts
+from ingest.sip import SipParseError, SipRequest, SipResponse, parse_message
+
+if TYPE_CHECKING:
+    from typing import Self
+
+log = logging.getLogger(__name__)
+
+ROUTED_VERBS = ("register", "options")
+PING_MIN_SERVER_VERSION = (0, 8, 2)
+MAX_IN_FLIGHT_REQUESTS = 1000  # beyond this, new requests get 503 at once
+SHUTDOWN_GRACE_S = 5.0  # how long leaving the context waits for handlers still answering
+
+
+class RevealsSecret(Protocol):
+    """A masked secret (the settings' `Secret`): the plain text only comes out of `reveal()`."""
+
+    def reveal(self) -> str: ...
+
+
+class DrachtioFront:
+    """A `SipFront` over drachtio-server's control protocol (DRACHTIO.md), inbound mode.
+
+    `host`/`port` are drachtio's admin address (DRACHTIO_HOST/DRACHTIO_PORT), `secret` its shared
+    secret (a str or a masked settings `Secret`), `network_cidrs` the JAMBONES_NETWORK_CIDR parts that
+    pick the private TCP address. Reconnects start after `reconnect_initial_s` and double up to
+    `reconnect_max_s`; every message to drachtio waits at most `request_timeout_s` for its reply.
+    With a server of v0.8.2 or later a `ping` goes out every `ping_interval_s`; a ping still
+    unanswered at the next one drops the link.
+
+    Entering the context starts connecting and returns at once; `wait_ready` waits for the link.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: str | RevealsSecret,
+        *,
+        network_cidrs: Iterable[str],
+        reconnect_initial_s: float = 0.25,
+        reconnect_max_s: float = 30.0,
+        request_timeout_s: float = 5.0,
+        ping_interval_s: float = 30.0,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._secret = secret
+        self._networks = parse_network_cidrs(network_cidrs)
+        self._reconnect_initial_s = reconnect_initial_s
+        self._reconnect_max_s = reconnect_max_s
+        self._request_timeout_s = request_timeout_s
+        self._ping_interval_s = ping_interval_s
+        self.stats = DrachtioStats()
+        self._handler: RequestHandler | None = None
+        self._link: Link | None = None
+        self._ready = asyncio.Event()
+        self._hostport = ""
+        self._private_sbc_address: str | None = None
+        self._server_version = ""
+        self._tasks: asyncio.TaskGroup | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"DrachtioFront({self._host}:{self._port}, ready={self.ready})"
+
+    # -- the SipFront interface -------------------------------------------------------------
+
+    @property
+    def sbc_address(self) -> str:
+        """drachtio's `hostport` string from the last successful authenticate ("" before that)."""
+        return self._hostport
+
+    @property
+    def private_sbc_address(self) -> str | None:
+        """`ip:port` of the last tcp entry of `localHostports` inside `network_cidrs`, or None."""
+        return self._private_sbc_address
+
+    @property
+    def public_addresses(self) -> PublicSipAddresses:
+        """udp/tls/wss `ip:port` from `hostport` (SPEC 1.2; tls defaults to `<udp ip>:5061`)."""
+        return public_sip_addresses(self._hostport)
+
+    @property
+    def server_version(self) -> str:
+        return self._server_version
+
+    @property
+    def ready(self) -> bool:
+        """True while the connection is authenticated and both routes are in place."""
+        return self._ready.is_set()
+
+    def set_handler(self, handler: RequestHandler) -> None:
+        self._handler = handler
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait until `ready`; TimeoutError after `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            await self._ready.wait()
+
+    async def send_request(self, request: OutboundRequest, timeout_s: float = 32.0) -> SipResponse:
+        """Send a new out-of-dialog request and return its final response (1xx are skipped).
+
+        drachtio fills in Via, Max-Forwards, Call-ID, CSeq and the From tag unless given;
+        `request.next_hop` goes in the outbound-proxy field. When no final response arrives within
+        `timeout_s` a 408 Request Timeout made up here is returned, just as drachtio's own Timer F
+        408 would be. Raises DrachtioConnectionError when there is no connection or it is lost
+        before the answer, DrachtioCommandError when drachtio refuses the request (NOK, e.g.
+        `invalid request-uri`), FrameTooLargeError when the request would not fit a frame.
+        """
+        link = self._current_link()
+        sip = render_request(request)
+        message_id = new_message_id()
+        payload = request_payload(message_id, sip, request.next_hop)
+        try:
+            async with asyncio.timeout(timeout_s):
+                reply = await link.command(message_id, payload, request.method, opens_transaction=True)
+                transaction_id = reply.field(10)
+                if not transaction_id:
+                    raise DrachtioError(f"drachtio accepted the {request.method} without a transaction id")
+                return await link.final_response(transaction_id)
+        except TimeoutError:
+            log.info(
+                "drachtio request timed out method=%s uri=%s timeout_s=%s",
+                request.method,
+                request.request_uri,
+                timeout_s,
+            )
+            return timeout_response(request)
+
+    async def __aenter__(self) -> Self:
+        if self._tasks is not None or self._closed:
+            raise RuntimeError("a DrachtioFront can be entered only once")
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._supervisor = self._tasks.create_task(
+            self._maintain_link(), name=f"drachtio {self._host}:{self._port}"
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Refuse new requests, give handlers `SHUTDOWN_GRACE_S` to answer, drop the link. Idempotent."""
+        if self._closed or self._tasks is None:
+            self._closed = True
+            return
+        self._closed = self._closing = True
+        tasks = self._tasks
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                    await self._idle.wait()
+        finally:
+            for task in (*self._handlers, self._supervisor):
+                if task is not None:
+                    task.cancel()
+            await tasks.__aexit__(None, None, None)
+            self._ready.clear()
+            log.info("drachtio front closed host=%s port=%d", self._host, self._port)
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def _maintain_link(self) -> None:
+        delay_s = self._reconnect_initial_s
+        first = True
+        while True:
+            if not first:
+                self.stats.reconnects += 1
+            first = False
+            was_ready = await self._run_link()
+            if was_ready:
+                delay_s = self._reconnect_initial_s
+            log.debug("drachtio reconnect host=%s port=%d in_s=%.2f", self._host, self._port, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, self._reconnect_max_s)
+
+    async def _run_link(self) -> bool:
+        """One connection's life: connect, handshake, serve. Returns whether it ever became ready."""
+        link: Link | None = None
+        try:
+            link = await Link.open(self._host, self._port, self.stats, self._request_timeout_s)
+            await self._handshake(link)
+            self._go_ready(link)
+            await self._serve(link)
+        except DrachtioAuthenticationError as exc:
+            log.error(
+                "drachtio refused the secret host=%s port=%d reason=%r: check DRACHTIO_SECRET",
+                self._host,
+                self._port,
+                exc.reason,
+            )
+        except (OSError, TimeoutError, FrameFormatError, DrachtioError) as exc:
+            log.warning("drachtio link down host=%s port=%d error=%r", self._host, self._port, exc)
+        except Exception:
+            log.exception("drachtio link failed unexpectedly host=%s port=%d", self._host, self._port)
+        finally:
+            self._ready.clear()
+            if link is not None:
+                self._link = None
+                link.close(DrachtioConnectionError("drachtio connection lost"))
+        return link is not None and link.routed
+
+    async def _handshake(self, link: Link) -> None:
+        secret = self._secret if isinstance(self._secret, str) else self._secret.reveal()
+        message_id = new_message_id()
+        reply = await self._exchange(link, message_id, authenticate_payload(message_id, secret))
+        if not reply.ok:
+            raise DrachtioAuthenticationError("authenticate", reply.status, reply.reason)
+        link.hostport, link.server_version, link.local_hostports = (
+            reply.field(4),
+            reply.field(5),
+            reply.field(6),
+        )
+        link.private_sbc_address = private_sip_address(link.local_hostports, self._networks)
+        for verb in ROUTED_VERBS:
+            message_id = new_message_id()
+            reply = await self._exchange(link, message_id, route_payload(message_id, verb))
+            if not reply.ok:
+                raise DrachtioCommandError(f"route {verb}", reply.status, reply.reason)
+        link.routed = True
+
+    def _go_ready(self, link: Link) -> None:
+        self._link = link
+        self._hostport = link.hostport
+        self._private_sbc_address = link.private_sbc_address
+        self._server_version = link.server_version
+        self._ready.set()
+        log.info(
+            "drachtio ready host=%s port=%d version=%s hostport=%s private_sbc_address=%s routes=%s",
+            self._host,
+            self._port,
+            link.server_version,
+            link.hostport,
+            link.private_sbc_address,
+            ",".join(ROUTED_VERBS),
+        )
+
+    async def _exchange(self, link: Link, message_id: str, payload: bytes) -> CommandReply:
+        """Send a message and read frames (acting on them all) until its reply; handshake only."""
+        future = link.expect_reply(message_id)
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                await link.write(payload)
+                while not future.done():
+                    await self._read(link)
+            return future.result()
+        finally:
+            future.cancel()
+
+    async def _serve(self, link: Link) -> None:
+        """Read and dispatch frames until the link dies; ping on schedule when the server can pong."""
+        pinging = server_version_at_least(link.server_version, PING_MIN_SERVER_VERSION)
+        loop = asyncio.get_running_loop()
+        next_ping_at = loop.time() + self._ping_interval_s
+        ping: asyncio.Future[CommandReply] | None = None
+        while True:
+            if not pinging:
+                await self._read(link)
+                continue
+            try:
+                async with asyncio.timeout_at(next_ping_at):
+                    await self._read(link)
+                continue
+            except TimeoutError:
+                pass
+            if ping is not None and not ping.done():
+                raise DrachtioConnectionError(f"no pong within {self._ping_interval_s}s")
+            ping = self._start_ping(link)
+            next_ping_at = loop.time() + self._ping_interval_s
+
+    def _start_ping(self, link: Link) -> asyncio.Future[CommandReply]:
+        message_id = new_message_id()
+        future = link.expect_reply(message_id)
+        link.write_now(ping_payload(message_id))
+        return future
+
+    async def _read(self, link: Link) -> None:
+        for message in await link.read():
+            try:
+                self._dispatch(link, message)
+            except (DrachtioError, ValueError):
+                # one bad message must not cost the link (and every transaction on it)
+                log.exception("drachtio message not handled type=%s", type(message).__name__)
+
+    def _current_link(self) -> Link:
+        link = self._link
+        if link is None or not link.alive or not self._ready.is_set():
+            raise DrachtioConnectionError(f"not connected to drachtio at {self._host}:{self._port}")
+        return link
+
+    # -- what arrives -----------------------------------------------------------------------
+
+    def _dispatch(self, link: Link, message: ServerMessage) -> None:
+        """Act on what the link did not settle: new requests; the rest is logged and dropped."""
+        if isinstance(message, SipDelivery):
+            if message.source == "network" and message.transaction_id and not message.dialog_id:
+                self._on_request(link, message)
+            else:
+                log.debug(
+                    "drachtio sip message ignored source=%s txn=%s", message.source, message.transaction_id
+                )
+        else:
+            log.debug("drachtio message ignored type=%s", message.fields[1])
+
+    def _on_request(self, link: Link, delivery: SipDelivery) -> None:
+        try:
+            message = parse_message(delivery.sip)
+            if not isinstance(message, SipRequest):
+                raise SipParseError("a response where a request was expected")
+        except SipParseError as exc:
+            self.stats.dropped_unparseable += 1
+            log.warning(
+                "drachtio request unparseable source=%s:%d txn=%s error=%s answer=400",
+                delivery.source_address,
+                delivery.source_port,
+                delivery.transaction_id,
+                exc,
+            )
+            self._answer_now(
+                link, delivery.transaction_id, salvage_response(delivery.sip, 400, "Bad Request")
+            )
+            return
+        if self._closing or len(self._handlers) >= MAX_IN_FLIGHT_REQUESTS or self._tasks is None:
+            log.warning(
+                "drachtio request refused method=%s in_flight=%d answer=503",
+                message.method,
+                len(self._handlers),
+            )
+            self._answer_now(
+                link, delivery.transaction_id, render_response(message, 503, "Service Unavailable")
+            )
+            return
+        facts = TransportFacts(
+            source_ip=delivery.source_address,
+            source_port=delivery.source_port,
+            transport=delivery.protocol,
+            sbc_address=link.hostport,
+            private_sbc_address=link.private_sbc_address,
+        )
+        request = DrachtioRequest(message, facts, partial(self._send_response, link, delivery.transaction_id))
+        task = self._tasks.create_task(
+            self._handle(request), name=f"drachtio {message.method} {delivery.transaction_id}"
+        )
+        self._handlers.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        if not self._handlers:
+            self._idle.set()
+
+    def _answer_now(self, link: Link, transaction_id: str, sip: bytes) -> None:
+        """Answer from the reader without waiting for drachtio's ack (its reply is dropped unread)."""
+        if not transaction_id:
+            return
+        try:
+            link.write_now(response_payload(new_message_id(), transaction_id, sip))
+        except (DrachtioError, ValueError) as exc:
+            log.warning("drachtio immediate answer not sent txn=%s error=%s", transaction_id, exc)
+
+    async def _handle(self, request: DrachtioRequest) -> None:
+        handler = self._handler
+        try:
+            if handler is None:
+                log.warning(
+                    "drachtio request with no handler set method=%s answer=503", request.message.method
+                )
+                await request.respond(503, "Service Unavailable")
+                return
+            await handler(request)
+            if not request.answered:
+                log.warning(
+                    "drachtio handler left a request unanswered method=%s answer=500", request.message.method
+                )
+                await request.respond(500, "Server Internal Error")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("drachtio request handling failed method=%s", request.message.method)
+            if not request.answered:
+                with contextlib.suppress(DrachtioError, TimeoutError, OSError, ValueError):
+                    await request.respond(500, "Server Internal Error")
+
+    async def _send_response(self, link: Link, transaction_id: str, sip: bytes) -> None:
+        """Send one SIP response for an incoming transaction and wait for drachtio's OK."""
+        if link is not self._link or not link.alive:
+            raise DrachtioConnectionError("the drachtio connection that delivered this request is gone")
+        message_id = new_message_id()
+        await link.command(message_id, response_payload(message_id, transaction_id, sip), "response")

@@ -1,0 +1,215 @@
+"""`Link`: one TCP connection to drachtio, its frames, and the waiters that die with it.
+
+Only the front's supervisor task reads (`read`); any task may write a frame and wait for its reply
+(`command`). Replies and client-transaction responses are matched here by message id and
+transaction id; everything else `read` returns goes back to the front to act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ingest.fronts.drachtio.errors import DrachtioCommandError, DrachtioConnectionError
+from ingest.fronts.drachtio.framing import FrameDecoder, encode_frame
+from ingest.fronts.drachtio.messages import (
+    CommandReply,
+    MessageFormatError,
+    ServerMessage,
+    SipDelivery,
+    parse_server_message,
+)
+from ingest.sip import SipParseError, SipResponse, parse_message
+
+log = logging.getLogger(__name__)
+
+_READ_CHUNK_BYTES = 65536
+
+
+@dataclass(slots=True)
+class DrachtioStats:
+    """Counters of the control connection, for metrics and tests."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    reconnects: int = 0
+    dropped_unparseable: int = 0
+
+
+class Link:
+    """A connected (not yet authenticated) control connection; `routed` once the handshake is done."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stats: DrachtioStats,
+        request_timeout_s: float,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._stats = stats
+        self._request_timeout_s = request_timeout_s
+        self._decoder = FrameDecoder()
+        self._replies: dict[str, asyncio.Future[CommandReply]] = {}
+        self._opening: set[str] = set()  # ids of new requests: their OK carries a transaction id
+        self._transactions: dict[str, asyncio.Future[SipResponse]] = {}  # our client transactions
+        self.hostport = ""
+        self.local_hostports = ""
+        self.server_version = ""
+        self.private_sbc_address: str | None = None
+        self.routed = False
+
+    @classmethod
+    async def open(cls, host: str, port: int, stats: DrachtioStats, request_timeout_s: float) -> Link:
+        """Connect with a deadline; TCP_NODELAY and SO_KEEPALIVE on, as drachtio-srf does."""
+        async with asyncio.timeout(request_timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return cls(reader, writer, stats, request_timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return not self._writer.is_closing()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write_now(self, payload: bytes) -> None:
+        """Queue one frame; FrameTooLargeError (nothing written) or DrachtioConnectionError."""
+        if not self.alive:
+            raise DrachtioConnectionError("drachtio connection is closed")
+        self._writer.write(encode_frame(payload))
+        self._stats.frames_out += 1
+
+    async def write(self, payload: bytes) -> None:
+        self.write_now(payload)
+        async with asyncio.timeout(self._request_timeout_s):
+            await self._writer.drain()
+
+    def expect_reply(self, message_id: str) -> asyncio.Future[CommandReply]:
+        """A future for the reply to `message_id`, forgotten once it is done."""
+        future: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
+        self._replies[message_id] = future
+        future.add_done_callback(lambda _: self._replies.pop(message_id, None))
+        return future
+
+    async def command(
+        self, message_id: str, payload: bytes, what: str, *, opens_transaction: bool = False
+    ) -> CommandReply:
+        """Send a message and wait (at most `request_timeout_s`) for its OK reply.
+
+        NO/NOK raise DrachtioCommandError. With `opens_transaction`, an OK's transaction id
+        (field 10) is registered before the reply is handed over, so `final_response` cannot miss
+        a response that arrived in the same read.
+        """
+        future = self.expect_reply(message_id)
+        if opens_transaction:
+            self._opening.add(message_id)
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                await self.write(payload)
+                reply = await future
+        finally:
+            future.cancel()  # no-op once done; otherwise drops the registration
+            self._opening.discard(message_id)
+        if not reply.ok:
+            raise DrachtioCommandError(what, reply.status, reply.reason)
+        return reply
+
+    async def final_response(self, transaction_id: str) -> SipResponse:
+        """Wait (no deadline of its own) for the first response >= 200 of our client transaction."""
+        future = self._transactions.get(transaction_id)
+        if future is None:
+            raise DrachtioConnectionError("drachtio connection lost before the request went out")
+        try:
+            return await future
+        finally:
+            self._transactions.pop(transaction_id, None)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def read(self) -> list[ServerMessage]:
+        """Read once; settle replies and client-transaction responses; return the rest.
+
+        Raises DrachtioConnectionError at EOF and FrameFormatError on a corrupt stream.
+        """
+        data = await self._reader.read(_READ_CHUNK_BYTES)
+        if not data:
+            raise DrachtioConnectionError("drachtio closed the connection")
+        unsettled: list[ServerMessage] = []
+        for payload in self._decoder.feed(data):
+            self._stats.frames_in += 1
+            try:
+                message = parse_server_message(payload)
+            except MessageFormatError as exc:
+                self._stats.dropped_unparseable += 1
+                log.warning("drachtio message dropped error=%s leader=%r", exc, payload[:120])
+                continue
+            if isinstance(message, CommandReply):
+                self._settle_reply(message)
+            elif isinstance(message, SipDelivery) and message.is_response:
+                self._settle_response(message)
+            else:
+                unsettled.append(message)
+        return unsettled
+
+    def _settle_reply(self, reply: CommandReply) -> None:
+        future = self._replies.get(reply.request_id)
+        if future is None or future.done():
+            log.debug("drachtio reply to no waiting message id=%s status=%s", reply.request_id, reply.status)
+            return
+        if reply.continues:
+            return
+        transaction_id = reply.field(10)
+        if reply.ok and reply.request_id in self._opening and transaction_id:
+            self._transactions[transaction_id] = asyncio.get_running_loop().create_future()
+        future.set_result(reply)
+
+    def _settle_response(self, delivery: SipDelivery) -> None:
+        future = self._transactions.get(delivery.transaction_id)
+        if future is None or future.done():
+            log.debug("drachtio response for an unknown transaction txn=%s ignored", delivery.transaction_id)
+            return
+        try:
+            response = parse_message(delivery.sip)
+        except SipParseError as exc:
+            self._stats.dropped_unparseable += 1
+            log.warning("drachtio response unparseable txn=%s error=%s", delivery.transaction_id, exc)
+            return
+        if not isinstance(response, SipResponse):
+            self._stats.dropped_unparseable += 1
+            log.warning("drachtio response frame holds a request txn=%s", delivery.transaction_id)
+            return
+        if response.status < 200:
+            log.debug(
+                "drachtio provisional skipped txn=%s status=%d", delivery.transaction_id, response.status
+            )
+            return
+        future.set_result(response)
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def close(self, error: BaseException) -> None:
+        """Fail every waiter with `error` and close the socket. Idempotent."""
+        _fail(list(self._replies.values()), error)
+        _fail(list(self._transactions.values()), error)
+        self._replies.clear()
+        self._transactions.clear()
+        self._opening.clear()
+        self._writer.close()
+
+
+def _fail(
+    futures: Iterable[asyncio.Future[CommandReply]] | Iterable[asyncio.Future[SipResponse]],
+    error: BaseException,
+) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
+            future.exception()  # mark retrieved: a waiter that already left must not warn
