@@ -144,4 +144,7 @@ def build_ingest(services: Services) -> list[Worker]:
         from ingest.fronts.native import NativeFront
 
         front = NativeFront.from_settings(settings.sip)
-    return [IngestWorker(services, front)]
+    from runtime.admin import build as build_admin
+
+    # The admin socket (SPEC 5.1) lives beside the SIP edge: one per host, as the original's.
+    return [IngestWorker(services, front), *build_admin(services)]

@@ -112,4 +112,5 @@ def base_env(cluster_id: str, database: str) -> dict[str, str]:
         "JAMBONES_CLUSTER_ID": cluster_id,
         "ENCRYPTION_SECRET": "test-encryption-secret",
         "JAMBONES_LOGLEVEL": "info",
+        "SBC_SOCKET_PATH": f"/tmp/sbc-sidecar-test-{cluster_id}.sock",
     }
