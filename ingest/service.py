@@ -116,6 +116,19 @@ class IngestWorker:
         values["replies_late"] = self.replies.late_replies
         return values
 
+    def is_healthy(self) -> bool:
+        """False while the front is down (the drachtio link lost and reconnecting)."""
+        return self.front.ready
+
+    async def _front_ready(self) -> None:
+        """The drachtio front connects in the background; wait for it (or for a stop)."""
+        while not self.front.ready and not self._stop.is_set():
+            try:
+                async with asyncio.timeout(0.2):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+
     async def run(self) -> None:
         self.front.set_handler(self.ingest)
         async with asyncio.TaskGroup() as group:
@@ -123,6 +136,7 @@ class IngestWorker:
             await self.replies.ready.wait()
             async with self.appender:
                 async with self.front:
+                    await self._front_ready()
                     self.ready.set()
                     log.info("ingest serving sbc_address=%s", self.front.sbc_address)
                     await self._stop.wait()
@@ -137,8 +151,7 @@ def build_ingest(services: Services) -> list[Worker]:
         from ingest.fronts.drachtio import DrachtioFront
 
         assert settings.drachtio is not None
-        front: SipFront = DrachtioFront(settings.drachtio.host, settings.drachtio.port,
-                                        settings.drachtio.secret.reveal(),
+        front: SipFront = DrachtioFront(settings.drachtio.host, settings.drachtio.port, settings.drachtio.secret,
                                         network_cidrs=settings.sip.network_cidrs)
     else:
         from ingest.fronts.native import NativeFront

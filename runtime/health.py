@@ -11,6 +11,13 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 
+def _serving(worker: object) -> bool:
+    if not worker.ready.is_set():  # type: ignore[attr-defined]
+        return False
+    healthy = getattr(worker, "is_healthy", None)
+    return bool(healthy()) if callable(healthy) else True
+
+
 class HealthServer:
     """A Worker serving `/health` (and `/metrics` text counters) on SIDECAR_HTTP_LISTEN."""
 
@@ -41,8 +48,7 @@ class HealthServer:
         self._stop.set()
 
     def is_healthy(self) -> tuple[bool, list[str]]:
-        waiting = [getattr(w, "name", type(w).__name__) for w in self.workers
-                   if not w.ready.is_set()]  # type: ignore[attr-defined]
+        waiting = [getattr(w, "name", type(w).__name__) for w in self.workers if not _serving(w)]
         return (not self._stopping and not waiting), waiting
 
     async def _health(self, request: web.Request) -> web.Response:
