@@ -12,6 +12,7 @@ GROUP_EXPIRY = "expiry"
 GROUP_REGISTRATIONS_PROJECTION = "projection-registrations"
 GROUP_SERVERS_PROJECTION = "projection-servers"
 GROUP_HISTORY_PROJECTION = "projection-history"
+GROUP_ALERTS_PROJECTION = "projection-alerts"
 
 # Keys that jambonz itself reads (SPEC 5.6): no cluster prefix on these two.
 ACTIVE_USER_KEY = "active-user"

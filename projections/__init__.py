@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 def build(services: Services) -> list[Worker]:
-    """The projections role: registrations (user:<aor>, active-user) and the per-AOR history."""
-    from projections import history, registrations
+    """The projections role: registrations (user:<aor>, active-user), per-AOR history, InfluxDB alerts."""
+    from projections import alerts, history, registrations
 
-    return [*registrations.build(services), *history.build(services)]
+    return [*registrations.build(services), *history.build(services), *alerts.build(services)]

@@ -56,6 +56,7 @@ from processors.registrar.facts import (
 from processors.registrar.grant import Grant, grant_from_webhook, merge_headers
 from processors.registrar.nonce import NonceCheck, NonceSigner
 from processors.registrar.status_phrases import is_relayable_failure, reason_phrase
+from processors.registrar.webhook import loggable_url
 
 NAT_EXPIRES_S = 30  # advertised to UDP clients, and in every cached answer
 CACHE_MARGIN_S = 30  # a cached binding answers only while more than this is left
@@ -388,7 +389,7 @@ def _webhook_failed(sit: Situation, account: Account, hook: RegistrationHook, st
     return WebhookFailed(
         **sit.envelope(),
         account_sid=account.account_sid,
-        url=hook.url,
+        url=loggable_url(hook.url),  # no user:password@ or query on a stream
         status=status,
         service_provider_sid=account.service_provider_sid,
     )
