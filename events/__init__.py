@@ -47,4 +47,5 @@ __all__ = [
     "partition_of",
     "stamp",
     "user_key",
+    "utc_now",
 ]

@@ -32,8 +32,14 @@ class IngestStats:
 class Ingest:
     """The request handler both fronts call: append, await the decision, answer."""
 
-    def __init__(self, appender: Appender, replies: ReplyRouter, requests_stream: str, reply_to: str,
-                 reply_timeout_s: float) -> None:
+    def __init__(
+        self,
+        appender: Appender,
+        replies: ReplyRouter,
+        requests_stream: str,
+        reply_to: str,
+        reply_timeout_s: float,
+    ) -> None:
         self.appender = appender
         self.replies = replies
         self.requests_stream = requests_stream
@@ -72,8 +78,12 @@ class Ingest:
         except Exception as exc:  # noqa: BLE001 - any store fault is answered, never crashes the listener
             self.replies.forget(event.correlation_id)
             self.stats.store_failures += 1
-            log.error("request not recorded, answering 500 type=%s call_id=%s error=%s", event.TYPE,
-                      getattr(event, "call_id", ""), exc)
+            log.error(
+                "request not recorded, answering 500 type=%s call_id=%s error=%s",
+                event.TYPE,
+                getattr(event, "call_id", ""),
+                exc,
+            )
             await request.respond(500, "Server Internal Error", [("X-Reason", "event log unavailable")])
             return
         try:
@@ -82,8 +92,11 @@ class Ingest:
         except TimeoutError:
             self.replies.forget(event.correlation_id)
             self.stats.decision_timeouts += 1
-            log.error("no decision in time, answering 500 type=%s correlation_id=%s", event.TYPE,
-                      event.correlation_id)
+            log.error(
+                "no decision in time, answering 500 type=%s correlation_id=%s",
+                event.TYPE,
+                event.correlation_id,
+            )
             await request.respond(500, "Server Internal Error", [("X-Reason", "no decision in time")])
             return
         await request.respond(reply.status, reply.reason, reply.headers)
@@ -99,8 +112,9 @@ class IngestWorker:
         self.front = front
         self.replies = ReplyRouter(services.redis, services.codec, services.names.replies(settings.ingest_id))
         self.appender = Appender(services.eventlog)
-        self.ingest = Ingest(self.appender, self.replies, services.names.requests, settings.ingest_id,
-                             settings.reply_timeout_s)
+        self.ingest = Ingest(
+            self.appender, self.replies, services.names.requests, settings.ingest_id, settings.reply_timeout_s
+        )
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -151,8 +165,12 @@ def build_ingest(services: Services) -> list[Worker]:
         from ingest.fronts.drachtio import DrachtioFront
 
         assert settings.drachtio is not None
-        front: SipFront = DrachtioFront(settings.drachtio.host, settings.drachtio.port, settings.drachtio.secret,
-                                        network_cidrs=settings.sip.network_cidrs)
+        front: SipFront = DrachtioFront(
+            settings.drachtio.host,
+            settings.drachtio.port,
+            settings.drachtio.secret,
+            network_cidrs=settings.sip.network_cidrs,
+        )
     else:
         from ingest.fronts.native import NativeFront
 

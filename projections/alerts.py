@@ -37,10 +37,15 @@ def _field(value: str) -> str:
 def alert_of(event: Event) -> tuple[str | None, dict[str, str | None], str] | None:
     """(alert_type, tags, message) of an event that is an alert, else None."""
     if isinstance(event, DeviceLimitReached):
-        message = (f"you have exceeded your account limit of {event.limit} registered devices; "
-                   "please consider upgrading your plan")
-        return "account-device-limit", {"account_sid": event.account_sid,
-                                         "service_provider_sid": event.service_provider_sid}, message
+        message = (
+            f"you have exceeded your account limit of {event.limit} registered devices; "
+            "please consider upgrading your plan"
+        )
+        return (
+            "account-device-limit",
+            {"account_sid": event.account_sid, "service_provider_sid": event.service_provider_sid},
+            message,
+        )
     if isinstance(event, WebhookFailed):
         tags = {"account_sid": event.account_sid, "service_provider_sid": event.service_provider_sid}
         if event.status is None:
@@ -75,8 +80,9 @@ class AlertsProjection:
     async def _ensure_database(self) -> None:
         if self._database_ready:
             return
-        async with self.session.post(f"{self.base_url}/query", params={"q": f"CREATE DATABASE {DATABASE}"},
-                                     timeout=self.timeout) as response:
+        async with self.session.post(
+            f"{self.base_url}/query", params={"q": f"CREATE DATABASE {DATABASE}"}, timeout=self.timeout
+        ) as response:
             response.raise_for_status()
         self._database_ready = True
 
@@ -85,8 +91,12 @@ class AlertsProjection:
         if lines:
             try:
                 await self._ensure_database()
-                async with self.session.post(f"{self.base_url}/write", params={"db": DATABASE, "precision": "ns"},
-                                             data="\n".join(lines).encode(), timeout=self.timeout) as response:
+                async with self.session.post(
+                    f"{self.base_url}/write",
+                    params={"db": DATABASE, "precision": "ns"},
+                    data="\n".join(lines).encode(),
+                    timeout=self.timeout,
+                ) as response:
                     if response.status >= 300:
                         raise RuntimeError(f"influxdb answered {response.status}: {await response.text()}")
             except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
@@ -102,5 +112,12 @@ def build(services: Services) -> list[Worker]:
         return []  # alerts are off without JAMBONES_TIME_SERIES_HOST
     base_url = host if host.startswith("http") else f"http://{host}:8086"
     projection = AlertsProjection(services.http, base_url)
-    return [Consumer(services.eventlog, services.names.registrations, GROUP_ALERTS_PROJECTION, projection,
-                     name=f"{GROUP_ALERTS_PROJECTION}-{services.settings.ingest_id}")]
+    return [
+        Consumer(
+            services.eventlog,
+            services.names.registrations,
+            GROUP_ALERTS_PROJECTION,
+            projection,
+            name=f"{GROUP_ALERTS_PROJECTION}-{services.settings.ingest_id}",
+        )
+    ]

@@ -49,14 +49,22 @@ def aor_of(event: Event) -> str | None:
 
 def summarize(entry_id: str, event: Event) -> dict[str, object] | None:
     """What the history keeps of one event; None for events that are not about an AOR."""
-    step: dict[str, object] = {"id": entry_id, "at": event.occurred_at.isoformat(), "type": event.TYPE,
-                               "correlation_id": event.correlation_id}
+    step: dict[str, object] = {
+        "id": entry_id,
+        "at": event.occurred_at.isoformat(),
+        "type": event.TYPE,
+        "correlation_id": event.correlation_id,
+    }
     source = _source(event)
     if source:
         step["source"] = source
     if isinstance(event, RegisterReceived):
-        step.update(transport=event.transport, expires=event.expires, call_id=event.call_id,
-                    credentials=event.authorization is not None)
+        step.update(
+            transport=event.transport,
+            expires=event.expires,
+            call_id=event.call_id,
+            credentials=event.authorization is not None,
+        )
         if event.authorization is not None and event.authorization.username:
             step["username"] = event.authorization.username
         if event.user_agent:
@@ -68,8 +76,13 @@ def summarize(entry_id: str, event: Event) -> dict[str, object] | None:
         if event.x_reason:
             step["x_reason"] = event.x_reason
     elif isinstance(event, RegistrationGranted):
-        step.update(status=200, expires=event.granted_expires_s, advertised_expires=event.advertised_expires_s,
-                    contact=event.contact, protocol=event.protocol)
+        step.update(
+            status=200,
+            expires=event.granted_expires_s,
+            advertised_expires=event.advertised_expires_s,
+            contact=event.contact,
+            protocol=event.protocol,
+        )
     elif isinstance(event, RegistrationRefreshed):
         step.update(status=200, expires=event.advertised_expires_s, cached=True)
     elif isinstance(event, RegistrationRemoved):
@@ -107,9 +120,16 @@ class HistoryProjection:
 def build(services: Services) -> list[Worker]:
     projection = HistoryProjection(services.names, services.settings.eventlog.retention_s)
     names = services.names
-    return [Consumer(services.eventlog, stream, GROUP_HISTORY_PROJECTION, projection,
-                     name=f"{GROUP_HISTORY_PROJECTION}-{kind}-{services.settings.ingest_id}")
-            for kind, stream in (("requests", names.requests), ("registrations", names.registrations))]
+    return [
+        Consumer(
+            services.eventlog,
+            stream,
+            GROUP_HISTORY_PROJECTION,
+            projection,
+            name=f"{GROUP_HISTORY_PROJECTION}-{kind}-{services.settings.ingest_id}",
+        )
+        for kind, stream in (("requests", names.requests), ("registrations", names.registrations))
+    ]
 
 
 def describe_step(step: dict[str, object]) -> str:
@@ -118,15 +138,21 @@ def describe_step(step: dict[str, object]) -> str:
     kind = step["type"]
     source = step.get("source", "")
     if kind == "RegisterReceived":
-        creds = f"with credentials of {step.get('username')}" if step.get("credentials") else "without credentials"
+        creds = (
+            f"with credentials of {step.get('username')}"
+            if step.get("credentials")
+            else "without credentials"
+        )
         text = f"REGISTER from {source} over {step.get('transport')}, expires={step.get('expires')}, {creds}"
     elif kind == "RegisterChallenged":
         text = "401 Unauthorized: challenged" + (" (stale nonce)" if step.get("stale") else "")
     elif kind == "RegisterRejected":
         text = f"{step.get('status')} {step.get('reason')}: {step.get('cause')}"
     elif kind == "RegistrationGranted":
-        text = (f"200 OK: registered for {step.get('expires')} s (advertised {step.get('advertised_expires')} s), "
-                f"contact {step.get('contact')}")
+        text = (
+            f"200 OK: registered for {step.get('expires')} s (advertised {step.get('advertised_expires')} s), "
+            f"contact {step.get('contact')}"
+        )
     elif kind == "RegistrationRefreshed":
         text = f"200 OK: refreshed from the cached binding (expires {step.get('expires')} s, not re-authenticated)"
     elif kind == "RegistrationRemoved":

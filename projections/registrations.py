@@ -95,7 +95,9 @@ def binding_record(event: RegistrationGranted) -> bytes:
 class RegistrationsProjection:
     """Builds the Redis writes for a batch of registration facts (run in the consumer's commit)."""
 
-    def __init__(self, names: StreamNames, clock: Callable[[], float] = time.time, *, replay: bool = False) -> None:
+    def __init__(
+        self, names: StreamNames, clock: Callable[[], float] = time.time, *, replay: bool = False
+    ) -> None:
         self.names = names
         self.clock = clock
         self.replay = replay  # replay: the TTL is what is left of the grant, not the grant itself
@@ -107,8 +109,15 @@ class RegistrationsProjection:
             ttl = event.granted_expires_s
             if self.replay:
                 ttl = int((event.expiry_time_ms - self.clock() * 1000) // 1000)
-            args: tuple[str | int, ...] = (aor, entry_id, "grant", binding_record(event).decode(), ttl,
-                                           event.expiry_time_ms, "")
+            args: tuple[str | int, ...] = (
+                aor,
+                entry_id,
+                "grant",
+                binding_record(event).decode(),
+                ttl,
+                event.expiry_time_ms,
+                "",
+            )
         elif isinstance(event, RegistrationRemoved):
             aor = event.aor
             args = (aor, entry_id, "remove", "", 0, 0, "")
@@ -126,5 +135,12 @@ class RegistrationsProjection:
 
 def build(services: Services) -> list[Worker]:
     projection = RegistrationsProjection(services.names, services.clock)
-    return [Consumer(services.eventlog, services.names.registrations, GROUP_REGISTRATIONS_PROJECTION, projection,
-                     name=f"{GROUP_REGISTRATIONS_PROJECTION}-{services.settings.ingest_id}")]
+    return [
+        Consumer(
+            services.eventlog,
+            services.names.registrations,
+            GROUP_REGISTRATIONS_PROJECTION,
+            projection,
+            name=f"{GROUP_REGISTRATIONS_PROJECTION}-{services.settings.ingest_id}",
+        )
+    ]

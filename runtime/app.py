@@ -64,7 +64,9 @@ async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio
         http = await stack.enter_async_context(open_http(settings.http_user_agent)) if needs_http else None
         names = StreamNames(settings.eventlog.cluster_id)
         codec = default_codec()
-        services = Services(settings, redis, mysql, http, codec, names, EventLog(redis, codec, names, settings.eventlog))
+        services = Services(
+            settings, redis, mysql, http, codec, names, EventLog(redis, codec, names, settings.eventlog)
+        )
         await _wait_stores(services)
         builders = role_builders()
         staged: list[list[Worker]] = [builders[role](services) for role in ROLES if role in roles]

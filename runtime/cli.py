@@ -53,8 +53,9 @@ def cmd_db_init(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     settings = mysql_settings_from_env(env)
     secret = env.get("ENCRYPTION_SECRET") or env.get("JWT_SECRET") or ""
-    return _run_async(init_database(settings, demo=args.demo, encryption_secret=secret,
-                                    webhook_url=args.webhook_url))
+    return _run_async(
+        init_database(settings, demo=args.demo, encryption_secret=secret, webhook_url=args.webhook_url)
+    )
 
 
 def cmd_events_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -62,7 +63,9 @@ def cmd_events_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from runtime.settings import Settings
 
     settings = Settings.from_env(env)
-    return _run_async(tail_events(settings, streams=args.stream, from_start=args.from_start, limit=args.limit))
+    return _run_async(
+        tail_events(settings, streams=args.stream, from_start=args.from_start, limit=args.limit)
+    )
 
 
 def cmd_history(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -80,29 +83,42 @@ def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sbc-sidecar", description="jambonz SBC SIP sidecar (registrar, "
-                                     "OPTIONS heartbeats), event-sourced over Redis Streams")
+    parser = argparse.ArgumentParser(
+        prog="sbc-sidecar",
+        description="jambonz SBC SIP sidecar (registrar, "
+        "OPTIONS heartbeats), event-sourced over Redis Streams",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the service (all roles in one process by default)")
-    run.add_argument("--roles", default="ingest,processors,projections",
-                     help="comma list of roles to run: ingest, processors, projections")
+    run.add_argument(
+        "--roles",
+        default="ingest,processors,projections",
+        help="comma list of roles to run: ingest, processors, projections",
+    )
     run.set_defaults(func=cmd_run)
 
     db = commands.add_parser("db", help="database set-up")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     init = db_commands.add_parser("init", help="create the jambonz tables the sidecar uses")
     init.add_argument("--demo", action="store_true", help="also add a demo account, webhook and client")
-    init.add_argument("--webhook-url", default="http://127.0.0.1:4000/auth",
-                      help="registration webhook url of the demo account")
+    init.add_argument(
+        "--webhook-url",
+        default="http://127.0.0.1:4000/auth",
+        help="registration webhook url of the demo account",
+    )
     init.set_defaults(func=cmd_db_init)
 
     events = commands.add_parser("events", help="inspect the event streams")
     events_commands = events.add_subparsers(dest="events_command", required=True)
     tail = events_commands.add_parser("tail", help="print events as they arrive, one line each")
-    tail.add_argument("--stream", action="append", default=None,
-                      help="stream to follow (requests, registrations, servers, carriers, commands, dead); "
-                           "repeatable; default: all but replies")
+    tail.add_argument(
+        "--stream",
+        action="append",
+        default=None,
+        help="stream to follow (requests, registrations, servers, carriers, commands, dead); "
+        "repeatable; default: all but replies",
+    )
     tail.add_argument("--from-start", action="store_true", help="print the retained history first")
     tail.add_argument("--limit", type=int, default=None, help="stop after this many events")
     tail.set_defaults(func=cmd_events_tail)

@@ -44,13 +44,18 @@ def redis_client(settings: RedisSettings, *, max_connections: int = 64) -> Redis
         sentinel = Sentinel(
             list(settings.sentinels),
             sentinel_kwargs={
-                "password": settings.sentinel_server_password.reveal() if settings.sentinel_server_password else None,
+                "password": settings.sentinel_server_password.reveal()
+                if settings.sentinel_server_password
+                else None,
                 "socket_connect_timeout": 5,
             },
-            **{**common,
-               "username": settings.sentinel_username or settings.username,
-               "password": (settings.sentinel_password.reveal() if settings.sentinel_password
-                            else common["password"])},
+            **{
+                **common,
+                "username": settings.sentinel_username or settings.username,
+                "password": (
+                    settings.sentinel_password.reveal() if settings.sentinel_password else common["password"]
+                ),
+            },
         )
         assert settings.sentinel_master_name is not None
         return sentinel.master_for(settings.sentinel_master_name, max_connections=max_connections)
@@ -105,7 +110,9 @@ async def open_mysql(settings: MysqlSettings) -> AsyncIterator[aiomysql.Pool]:
 async def open_http(user_agent: str | None = None, limit: int = 256) -> AsyncIterator[aiohttp.ClientSession]:
     """One pooled keep-alive session for every webhook call of the process."""
     headers = {"User-Agent": user_agent} if user_agent else None
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=30, ttl_dns_cache=60)
+    connector = aiohttp.TCPConnector(
+        limit=limit, limit_per_host=limit, keepalive_timeout=30, ttl_dns_cache=60
+    )
     session = aiohttp.ClientSession(connector=connector, headers=headers)
     try:
         yield session

@@ -97,12 +97,19 @@ class Consumer:
                     await self.run_once()
                     backoff = 0.05
                 except RedisError as exc:
-                    log.warning("consumer store error group=%s error=%s; retrying in %.2fs", self.group, exc, backoff)
+                    log.warning(
+                        "consumer store error group=%s error=%s; retrying in %.2fs", self.group, exc, backoff
+                    )
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
-            log.info("consumer stopped group=%s name=%s committed=%d dead=%d", self.group, self.name,
-                     self.stats.committed, self.stats.dead)
+            log.info(
+                "consumer stopped group=%s name=%s committed=%d dead=%d",
+                self.group,
+                self.name,
+                self.stats.committed,
+                self.stats.dead,
+            )
 
     async def run_once(self) -> int:
         """One read-handle-commit turn (claims first when due). Returns entries processed."""
@@ -174,8 +181,10 @@ class Consumer:
         if batch.deliveries:
             results = await self.handler.handle(batch.deliveries)
             if len(results) != len(batch.deliveries):
-                raise RuntimeError(f"handler of {self.group} returned {len(results)} results "
-                                   f"for {len(batch.deliveries)} deliveries")
+                raise RuntimeError(
+                    f"handler of {self.group} returned {len(results)} results "
+                    f"for {len(batch.deliveries)} deliveries"
+                )
         await self._commit(batch, results)
         self.stats.batches += 1
         self.stats.delivered += len(batch.deliveries)
@@ -193,8 +202,14 @@ class Consumer:
                 failed += 1
                 self._failures[delivery.entry_id] = f"{type(result).__name__}: {result}"
                 pipe.hset(self._failures_key, delivery.entry_id, self._failures[delivery.entry_id])
-                log.warning("handler failed group=%s id=%s type=%s delivery=%d error=%r", self.group,
-                            delivery.entry_id, delivery.event.TYPE, delivery.delivery_count, result)
+                log.warning(
+                    "handler failed group=%s id=%s type=%s delivery=%d error=%r",
+                    self.group,
+                    delivery.entry_id,
+                    delivery.event.TYPE,
+                    delivery.delivery_count,
+                    result,
+                )
                 continue
             for stream, event in result.appends:
                 pipe.execute_command(*self.log.xadd_command(stream, event))
@@ -206,8 +221,15 @@ class Consumer:
         for entry, error, count in batch.dead:
             entry_id = _text(entry[0])
             fields: dict[bytes | str, bytes | str | int] = dict(entry[1])
-            fields.update({"dead_error": error, "dead_stream": self.stream, "dead_id": entry_id,
-                           "dead_group": self.group, "dead_deliveries": count})
+            fields.update(
+                {
+                    "dead_error": error,
+                    "dead_stream": self.stream,
+                    "dead_id": entry_id,
+                    "dead_group": self.group,
+                    "dead_deliveries": count,
+                }
+            )
             pipe.xadd(self.log.names.dead, fields, maxlen=100_000, approximate=True)
             acked.append(entry_id)
             self._failures.pop(entry_id, None)

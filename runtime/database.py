@@ -76,12 +76,19 @@ async def init_database(
 ) -> int:
     """Creates the database if missing, applies the schema, adds the demo data when asked."""
     try:
-        connection = await aiomysql.connect(host=settings.host, port=settings.port, user=settings.user,
-                                            password=settings.password.reveal(), autocommit=True,
-                                            connect_timeout=5)
+        connection = await aiomysql.connect(
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            password=settings.password.reveal(),
+            autocommit=True,
+            connect_timeout=5,
+        )
     except Exception as exc:  # noqa: BLE001 - reported with the setting names, then exit 1
-        print(f"sbc-sidecar: cannot connect to MySQL at {settings.host}:{settings.port} "
-              f"(JAMBONES_MYSQL_HOST/PORT/USER): {exc}")
+        print(
+            f"sbc-sidecar: cannot connect to MySQL at {settings.host}:{settings.port} "
+            f"(JAMBONES_MYSQL_HOST/PORT/USER): {exc}"
+        )
         return 1
     try:
         async with connection.cursor() as cursor:

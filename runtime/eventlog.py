@@ -39,7 +39,9 @@ def entry_ms(entry_id: str | bytes) -> int:
 class EventLog:
     """Appends events to streams and reads them back; owns trimming and consumer groups."""
 
-    def __init__(self, redis: Redis, codec: EventCodec, names: StreamNames, settings: EventLogSettings) -> None:
+    def __init__(
+        self, redis: Redis, codec: EventCodec, names: StreamNames, settings: EventLogSettings
+    ) -> None:
         self.redis = redis
         self.codec = codec
         self.names = names
@@ -112,7 +114,9 @@ class EventLog:
             ms, _, seq = last.partition("-")
             start = f"{ms}-{int(seq) + 1}"
 
-    def _decode_all(self, stream: str, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> Iterable[StoredEvent]:
+    def _decode_all(
+        self, stream: str, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]
+    ) -> Iterable[StoredEvent]:
         for entry_id, fields in entries:
             try:
                 yield StoredEvent(stream, entry_id.decode(), self.codec.decode(fields))

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
 bash scripts/venv.sh test
-.venv/bin/ruff check events runtime ingest processors projections tests bench
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 status=$?

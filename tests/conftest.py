@@ -50,7 +50,9 @@ def names(cluster_id: str) -> StreamNames:
 
 @pytest.fixture
 def eventlog_settings(cluster_id: str) -> EventLogSettings:
-    return EventLogSettings(cluster_id=cluster_id, batch_size=50, block_ms=20, claim_idle_ms=200, max_deliveries=3)
+    return EventLogSettings(
+        cluster_id=cluster_id, batch_size=50, block_ms=20, claim_idle_ms=200, max_deliveries=3
+    )
 
 
 @pytest.fixture
@@ -66,8 +68,9 @@ async def mysql_db() -> AsyncIterator[str]:
     from runtime.database import schema_statements
 
     name = f"sbc_test_{secrets.token_hex(4)}"
-    connection = await aiomysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER,
-                                        password=MYSQL_PASSWORD, autocommit=True)
+    connection = await aiomysql.connect(
+        host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, autocommit=True
+    )
     try:
         async with connection.cursor() as cursor:
             await cursor.execute(f"CREATE DATABASE `{name}`")

@@ -56,16 +56,23 @@ async def wait_healthy(url: str, timeout_s: float = 15.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def start_sidecar(cluster_id: str, database: str, env: dict[str, str] | None = None,
-                        listen: str | None = None, roles: tuple[str, ...] = app.ROLES) -> Sidecar:
+async def start_sidecar(
+    cluster_id: str,
+    database: str,
+    env: dict[str, str] | None = None,
+    listen: str | None = None,
+    roles: tuple[str, ...] = app.ROLES,
+) -> Sidecar:
     udp_port, tcp_port, http_port = free_port(), free_port(), free_port()
     full_env = base_env(cluster_id, database)
-    full_env.update({
-        "SIDECAR_SIP_LISTEN": listen or f"udp:127.0.0.1:{udp_port},tcp:127.0.0.1:{tcp_port}",
-        "SIDECAR_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-        "SIDECAR_INGEST_ID": f"ingest-{os.urandom(3).hex()}",
-        "SIDECAR_BLOCK_MS": "200",
-    })
+    full_env.update(
+        {
+            "SIDECAR_SIP_LISTEN": listen or f"udp:127.0.0.1:{udp_port},tcp:127.0.0.1:{tcp_port}",
+            "SIDECAR_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+            "SIDECAR_INGEST_ID": f"ingest-{os.urandom(3).hex()}",
+            "SIDECAR_BLOCK_MS": "200",
+        }
+    )
     full_env.update(env or {})
     settings = Settings.from_env(full_env)
     sidecar = Sidecar(settings, StreamNames(cluster_id), udp_port, tcp_port, http_port)
@@ -102,10 +109,19 @@ class SippResult:
     messages: str
 
 
-async def run_sipp(scenario: str, target_port: int, *, transport: str = "u1", calls: int = 1,
-                   rate: int = 10, timeout_s: float = 30.0, local_ip: str = "127.0.0.1",
-                   extra: list[str] | None = None, inf: str | None = None,
-                   replace: dict[str, str] | None = None) -> SippResult:
+async def run_sipp(
+    scenario: str,
+    target_port: int,
+    *,
+    transport: str = "u1",
+    calls: int = 1,
+    rate: int = 10,
+    timeout_s: float = 30.0,
+    local_ip: str = "127.0.0.1",
+    extra: list[str] | None = None,
+    inf: str | None = None,
+    replace: dict[str, str] | None = None,
+) -> SippResult:
     """Runs one sipp UAC scenario against 127.0.0.1:<target_port>; returns its exit code and trace."""
     if SIPP is None:
         pytest.fail("sipp is not installed (Debian package sip-tester); .ci/run installs it")
@@ -117,10 +133,30 @@ async def run_sipp(scenario: str, target_port: int, *, transport: str = "u1", ca
             text = text.replace(old, new)
         scenario_path = workdir / scenario
         scenario_path.write_text(text)
-    args = [SIPP, f"127.0.0.1:{target_port}", "-sf", str(scenario_path), "-t", transport,
-            "-i", local_ip, "-m", str(calls), "-r", str(rate), "-nostdin",
-            "-timeout", f"{int(timeout_s)}s", "-timeout_error", "-trace_msg", "-message_file",
-            str(workdir / "messages.log"), "-trace_err", "-error_file", str(workdir / "errors.log")]
+    args = [
+        SIPP,
+        f"127.0.0.1:{target_port}",
+        "-sf",
+        str(scenario_path),
+        "-t",
+        transport,
+        "-i",
+        local_ip,
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-nostdin",
+        "-timeout",
+        f"{int(timeout_s)}s",
+        "-timeout_error",
+        "-trace_msg",
+        "-message_file",
+        str(workdir / "messages.log"),
+        "-trace_err",
+        "-error_file",
+        str(workdir / "errors.log"),
+    ]
     if inf:
         inf_path = workdir / "data.csv"
         inf_path.write_text(inf)
@@ -129,18 +165,27 @@ async def run_sipp(scenario: str, target_port: int, *, transport: str = "u1", ca
     if "-p" not in extra:
         extra += ["-p", str(free_port())]
     args += extra
-    process = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                   stdin=subprocess.DEVNULL, cwd=workdir)
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=workdir
+    )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s + 15)
-    messages = (workdir / "messages.log").read_text(errors="replace") if (workdir / "messages.log").exists() else ""
+    messages = (
+        (workdir / "messages.log").read_text(errors="replace") if (workdir / "messages.log").exists() else ""
+    )
     errors = (workdir / "errors.log").read_text(errors="replace") if (workdir / "errors.log").exists() else ""
     shutil.rmtree(workdir, ignore_errors=True)
     assert process.returncode is not None
-    return SippResult(process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace") + errors,
-                      messages)
+    return SippResult(
+        process.returncode,
+        stdout.decode(errors="replace"),
+        stderr.decode(errors="replace") + errors,
+        messages,
+    )
 
 
-async def udp_exchange(port: int, payload: bytes, timeout_s: float = 3.0, source_ip: str = "127.0.0.1") -> bytes:
+async def udp_exchange(
+    port: int, payload: bytes, timeout_s: float = 3.0, source_ip: str = "127.0.0.1"
+) -> bytes:
     """Sends one datagram and returns the first answer (in a thread: the service shares this loop)."""
     return await asyncio.to_thread(_udp_exchange, port, payload, timeout_s, source_ip)
 

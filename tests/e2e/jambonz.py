@@ -82,9 +82,12 @@ class AuthWebhook:
         payload: dict[str, object] = json.loads(body) if request.method == "POST" else dict(request.query)
         signed = body if request.method == "POST" else '"null"'
         basic = "Basic " + base64.b64encode(b"foo:bar").decode()
-        seen = SeenRequest(request.method, payload,
-                           self._signature_ok(request.headers.get("Jambonz-Signature", ""), signed),
-                           request.headers.get("Authorization") == basic)
+        seen = SeenRequest(
+            request.method,
+            payload,
+            self._signature_ok(request.headers.get("Jambonz-Signature", ""), signed),
+            request.headers.get("Authorization") == basic,
+        )
         self.seen.append(seen)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -94,45 +97,81 @@ class AuthWebhook:
             return web.Response(status=403)
         password = USERS.get(str(payload.get("username")))
         fields = {k: str(v) for k, v in payload.items() if not isinstance(v, dict)}
-        if password is None or payload.get("realm") != REALM or expected_response(fields, password) != payload.get(
-                "response"):
+        if (
+            password is None
+            or payload.get("realm") != REALM
+            or expected_response(fields, password) != payload.get("response")
+        ):
             return web.json_response({"status": "fail", "msg": "invalid password"})
         requested = int(str(payload.get("expires", 3600)))
-        return web.json_response({"status": "ok", "expires": min(requested, MAX_GRANT_S),
-                                  "call_hook": "http://127.0.0.1:3000/call"})
+        return web.json_response(
+            {
+                "status": "ok",
+                "expires": min(requested, MAX_GRANT_S),
+                "call_hook": "http://127.0.0.1:3000/call",
+            }
+        )
 
 
 async def populate(database: str, webhook_url: str) -> dict[str, str]:
     """SPEC 6 populate-test-data: products, the webhook, SP A, jambonz.org and deactivated.jambonz.org."""
-    sids = {name: str(uuid.uuid4()) for name in ("voice", "device", "api", "hook", "sp", "account",
-                                                 "deactivated", "subscription")}
-    connection = await aiomysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER,
-                                        password=MYSQL_PASSWORD, db=database, autocommit=True)
+    sids = {
+        name: str(uuid.uuid4())
+        for name in ("voice", "device", "api", "hook", "sp", "account", "deactivated", "subscription")
+    }
+    connection = await aiomysql.connect(
+        host=MYSQL_HOST,
+        port=MYSQL_PORT,
+        user=MYSQL_USER,
+        password=MYSQL_PASSWORD,
+        db=database,
+        autocommit=True,
+    )
     try:
         async with connection.cursor() as c:
-            await c.executemany("INSERT INTO products (product_sid, name, category) VALUES (%s, %s, %s)",
-                                [(sids["voice"], "concurrent call session", "voice_call_session"),
-                                 (sids["device"], "registered device", "device"),
-                                 (sids["api"], "api call", "api_rate")])
-            await c.execute("INSERT INTO webhooks (webhook_sid, url, method, username, password) "
-                            "VALUES (%s, %s, 'POST', 'foo', 'bar')", (sids["hook"], webhook_url))
-            await c.execute("INSERT INTO service_providers (service_provider_sid, name, root_domain, "
-                            "registration_hook_sid) VALUES (%s, 'SP A', 'jambonz.org', %s)",
-                            (sids["sp"], sids["hook"]))
-            await c.execute("INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, "
-                            "registration_hook_sid, webhook_secret, device_to_call_ratio) "
-                            "VALUES (%s, 'test', 'jambonz.org', %s, %s, %s, 0)",
-                            (sids["account"], sids["sp"], sids["hook"], WEBHOOK_SECRET))
-            await c.execute("INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, "
-                            "registration_hook_sid, webhook_secret, is_active) "
-                            "VALUES (%s, 'deactivated', 'deactivated.jambonz.org', %s, %s, %s, 0)",
-                            (sids["deactivated"], sids["sp"], sids["hook"], WEBHOOK_SECRET))
-            await c.execute("INSERT INTO account_subscriptions (account_subscription_sid, account_sid, pending) "
-                            "VALUES (%s, %s, 0)", (sids["subscription"], sids["account"]))
-            await c.executemany("INSERT INTO account_products (account_product_sid, account_subscription_sid, "
-                                "product_sid, quantity) VALUES (%s, %s, %s, %s)",
-                                [(str(uuid.uuid4()), sids["subscription"], sids["voice"], 20),
-                                 (str(uuid.uuid4()), sids["subscription"], sids["device"], 2)])
+            await c.executemany(
+                "INSERT INTO products (product_sid, name, category) VALUES (%s, %s, %s)",
+                [
+                    (sids["voice"], "concurrent call session", "voice_call_session"),
+                    (sids["device"], "registered device", "device"),
+                    (sids["api"], "api call", "api_rate"),
+                ],
+            )
+            await c.execute(
+                "INSERT INTO webhooks (webhook_sid, url, method, username, password) "
+                "VALUES (%s, %s, 'POST', 'foo', 'bar')",
+                (sids["hook"], webhook_url),
+            )
+            await c.execute(
+                "INSERT INTO service_providers (service_provider_sid, name, root_domain, "
+                "registration_hook_sid) VALUES (%s, 'SP A', 'jambonz.org', %s)",
+                (sids["sp"], sids["hook"]),
+            )
+            await c.execute(
+                "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, "
+                "registration_hook_sid, webhook_secret, device_to_call_ratio) "
+                "VALUES (%s, 'test', 'jambonz.org', %s, %s, %s, 0)",
+                (sids["account"], sids["sp"], sids["hook"], WEBHOOK_SECRET),
+            )
+            await c.execute(
+                "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, "
+                "registration_hook_sid, webhook_secret, is_active) "
+                "VALUES (%s, 'deactivated', 'deactivated.jambonz.org', %s, %s, %s, 0)",
+                (sids["deactivated"], sids["sp"], sids["hook"], WEBHOOK_SECRET),
+            )
+            await c.execute(
+                "INSERT INTO account_subscriptions (account_subscription_sid, account_sid, pending) "
+                "VALUES (%s, %s, 0)",
+                (sids["subscription"], sids["account"]),
+            )
+            await c.executemany(
+                "INSERT INTO account_products (account_product_sid, account_subscription_sid, "
+                "product_sid, quantity) VALUES (%s, %s, %s, %s)",
+                [
+                    (str(uuid.uuid4()), sids["subscription"], sids["voice"], 20),
+                    (str(uuid.uuid4()), sids["subscription"], sids["device"], 2),
+                ],
+            )
     finally:
         connection.close()
     return sids

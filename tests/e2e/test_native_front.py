@@ -38,15 +38,24 @@ def self_signed(tmp_path: Path) -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sbc.test")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("sbc.test")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("sbc.test")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return str(cert_path), str(key_path)
 
 
@@ -100,28 +109,35 @@ def digest_authorization(challenge: str, user: str, password: str, uri: str) -> 
     ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
     cnonce, nc = "0a4f113b", "00000001"
     response = hashlib.md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}".encode()).hexdigest()
-    return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}", '
-            f'algorithm=MD5, qop=auth, nc={nc}, cnonce="{cnonce}"')
+    return (
+        f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}", '
+        f'algorithm=MD5, qop=auth, nc={nc}, cnonce="{cnonce}"'
+    )
 
 
 def ws_register(cseq: int, authorization: str | None = None) -> str:
     auth = f"Authorization: {authorization}\r\n" if authorization else ""
     return (
-        "REGISTER sip:jambonz.org SIP/2.0\r\nVia: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKws" + str(cseq)
-        + "\r\nMax-Forwards: 69\r\nTo: <sip:john@jambonz.org>\r\nFrom: \"John\" <sip:john@jambonz.org>;tag=ws1\r\n"
+        "REGISTER sip:jambonz.org SIP/2.0\r\nVia: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKws"
+        + str(cseq)
+        + '\r\nMax-Forwards: 69\r\nTo: <sip:john@jambonz.org>\r\nFrom: "John" <sip:john@jambonz.org>;tag=ws1\r\n'
         "Call-ID: ws-call-1\r\nCSeq: " + str(cseq) + " REGISTER\r\n"
         "Contact: <sip:k2b5s7@df7jal23ls0d.invalid;transport=ws>;+sip.ice;reg-id=1;"
-        "+sip.instance=\"<urn:uuid:2a9c3bd1-7c88-4bbd-8d6e-4b7e1b2d0a55>\";expires=600\r\n"
-        + auth + "Expires: 600\r\nAllow: INVITE,ACK,CANCEL,BYE,OPTIONS\r\nSupported: path,gruu,outbound\r\n"
+        '+sip.instance="<urn:uuid:2a9c3bd1-7c88-4bbd-8d6e-4b7e1b2d0a55>";expires=600\r\n'
+        + auth
+        + "Expires: 600\r\nAllow: INVITE,ACK,CANCEL,BYE,OPTIONS\r\nSupported: path,gruu,outbound\r\n"
         "User-Agent: JsSIP 3.10.0\r\nContent-Length: 0\r\n\r\n"
     )
 
 
-async def test_websocket_options_and_register(cluster_id: str, mysql_db: str, redis: Redis,
-                                              webhook: AuthWebhook) -> None:
+async def test_websocket_options_and_register(
+    cluster_id: str, mysql_db: str, redis: Redis, webhook: AuthWebhook
+) -> None:
     await populate(mysql_db, webhook.url)
     ws_port = free_port()
-    sidecar = await start_sidecar(cluster_id, mysql_db, listen=f"udp:127.0.0.1:{free_port()},ws:127.0.0.1:{ws_port}")
+    sidecar = await start_sidecar(
+        cluster_id, mysql_db, listen=f"udp:127.0.0.1:{free_port()},ws:127.0.0.1:{ws_port}"
+    )
     try:
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"http://127.0.0.1:{ws_port}/", protocols=("sip",)) as ws:
@@ -132,8 +148,9 @@ async def test_websocket_options_and_register(cluster_id: str, mysql_db: str, re
                 await ws.send_str(ws_register(1))
                 challenge = parse_message((await ws.receive_str(timeout=5)).encode())
                 assert isinstance(challenge, SipResponse) and challenge.status == 401
-                authorization = digest_authorization(challenge.headers.get("WWW-Authenticate") or "", "john",
-                                                     "1234", "sip:jambonz.org")
+                authorization = digest_authorization(
+                    challenge.headers.get("WWW-Authenticate") or "", "john", "1234", "sip:jambonz.org"
+                )
                 await ws.send_str(ws_register(2, authorization))
                 granted = parse_message((await ws.receive_str(timeout=5)).encode())
                 assert isinstance(granted, SipResponse) and granted.status == 200, granted
@@ -154,15 +171,20 @@ async def test_websocket_options_and_register(cluster_id: str, mysql_db: str, re
         await redis.zrem("active-user", "user:john@jambonz.org")
 
 
-async def test_retransmissions_are_absorbed_then_answered_alike(cluster_id: str, mysql_db: str, redis: Redis,
-                                                                webhook: AuthWebhook) -> None:
+async def test_retransmissions_are_absorbed_then_answered_alike(
+    cluster_id: str, mysql_db: str, redis: Redis, webhook: AuthWebhook
+) -> None:
     await populate(mysql_db, webhook.url)
     webhook.delay_s = 1.7  # the authenticated REGISTER waits; sipp retransmits it (T1 = 500 ms)
     sidecar = await start_sidecar(cluster_id, mysql_db)
     try:
-        result = await run_sipp("register-auth.xml", sidecar.udp_port, inf="SEQUENTIAL\njohn;jambonz.org;1234\n",
-                                extra=["-key", "expires", "3600", "-au", "john", "-ap", "1234"],
-                                replace={"[final]": "200"})
+        result = await run_sipp(
+            "register-auth.xml",
+            sidecar.udp_port,
+            inf="SEQUENTIAL\njohn;jambonz.org;1234\n",
+            extra=["-key", "expires", "3600", "-au", "john", "-ap", "1234"],
+            replace={"[final]": "200"},
+        )
         assert result.returncode == 0, result.stderr
         sent = result.messages.count("UDP message sent")
         assert sent >= 4, "sipp should have retransmitted the delayed REGISTER"
@@ -174,10 +196,10 @@ async def test_retransmissions_are_absorbed_then_answered_alike(cluster_id: str,
 
         # After the final answer, a retransmission gets the very same response again (Timer J).
         request = (
-            "REGISTER sip:jambonz.org SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKretrans1;rport\r\n"
-            "From: <sip:john@jambonz.org>;tag=r1\r\nTo: <sip:john@jambonz.org>\r\nCall-ID: retrans-1\r\n"
-            "CSeq: 1 REGISTER\r\nContact: <sip:john@127.0.0.1:5999>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n"
-        ).encode()
+            b"REGISTER sip:jambonz.org SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKretrans1;rport\r\n"
+            b"From: <sip:john@jambonz.org>;tag=r1\r\nTo: <sip:john@jambonz.org>\r\nCall-ID: retrans-1\r\n"
+            b"CSeq: 1 REGISTER\r\nContact: <sip:john@127.0.0.1:5999>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n"
+        )
         first = await udp_exchange(sidecar.udp_port, request)
         again = [await udp_exchange(sidecar.udp_port, request) for _ in range(2)]
         assert first.startswith(b"SIP/2.0 401 ")
@@ -200,7 +222,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         elif choice < 0.6:
             out[position:position] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
         elif choice < 0.8 and out:
-            del out[position:position + rng.randint(1, 32)]
+            del out[position : position + rng.randint(1, 32)]
         else:
             out = out[: rng.randrange(len(out) + 1)]
     return bytes(out)
@@ -208,8 +230,10 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 
 async def test_ten_thousand_hostile_datagrams_do_not_stop_the_listener(sidecar: Sidecar) -> None:
     rng = random.Random(20261126)
-    seeds = [OPTIONS.format(host="127.0.0.1", transport="UDP", branch="fz").encode(),
-             ws_register(1).replace("WSS", "UDP").encode()]
+    seeds = [
+        OPTIONS.format(host="127.0.0.1", transport="UDP", branch="fz").encode(),
+        ws_register(1).replace("WSS", "UDP").encode(),
+    ]
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
     try:
@@ -223,10 +247,14 @@ async def test_ten_thousand_hostile_datagrams_do_not_stop_the_listener(sidecar: 
                 await asyncio.sleep(0.01)  # let the loop breathe; the service shares it
     finally:
         transport.close()
-    answer = await udp_exchange(sidecar.udp_port, OPTIONS.format(host="127.0.0.1", transport="UDP",
-                                                                 branch="after").encode())
+    answer = await udp_exchange(
+        sidecar.udp_port, OPTIONS.format(host="127.0.0.1", transport="UDP", branch="after").encode()
+    )
     assert answer.startswith(b"SIP/2.0 200 OK\r\n")
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{sidecar.http_port}/metrics") as r:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{sidecar.http_port}/metrics") as r,
+    ):
         metrics = dict(line.split(" ", 1) for line in (await r.text()).splitlines() if line)
     assert float(metrics["sbc_sidecar_ingest_sip_dropped_unparseable"]) >= 1000
     assert float(metrics["sbc_sidecar_ingest_sip_received"]) >= 9000

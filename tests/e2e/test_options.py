@@ -18,10 +18,10 @@ async def test_keepalive_options_get_200(sidecar: Sidecar, transport: str) -> No
 
 async def test_keepalive_options_make_no_events(sidecar: Sidecar, redis) -> None:
     request = (
-        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.8.7:5999;branch=z9hG4bKka1;rport\r\n"
-        "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ka-1\r\nCSeq: 1 OPTIONS\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+        b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.8.7:5999;branch=z9hG4bKka1;rport\r\n"
+        b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: ka-1\r\nCSeq: 1 OPTIONS\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
     answer = await udp_exchange(sidecar.udp_port, request)
     assert answer.startswith(b"SIP/2.0 200 OK\r\n")
     # RFC 3581: the answer's Via names the packet's real source address and port

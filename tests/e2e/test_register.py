@@ -32,7 +32,9 @@ async def clear_jambonz_keys(redis: Redis) -> None:
 
 
 @pytest.fixture
-async def registrar(cluster_id: str, mysql_db: str, redis: Redis, webhook: AuthWebhook) -> AsyncIterator[Sidecar]:
+async def registrar(
+    cluster_id: str, mysql_db: str, redis: Redis, webhook: AuthWebhook
+) -> AsyncIterator[Sidecar]:
     await populate(mysql_db, webhook.url)
     await clear_jambonz_keys(redis)
     running = await start_sidecar(cluster_id, mysql_db, env={"JAMBONES_HOSTING": "1"})
@@ -56,28 +58,58 @@ def responses(messages: str) -> list[str]:
 
 def header_values(messages: str, name: str) -> list[str]:
     prefix = name.lower() + ":"
-    return [line.split(":", 1)[1].strip() for line in received(messages).splitlines()
-            if line.lower().startswith(prefix)]
+    return [
+        line.split(":", 1)[1].strip()
+        for line in received(messages).splitlines()
+        if line.lower().startswith(prefix)
+    ]
 
 
-async def register(sidecar: Sidecar, user: str, password: str, *, final: int = 200, expires: int = 3600,
-                   domain: str = "jambonz.org", local_port: int | None = None, transport: str = "u1"):
+async def register(
+    sidecar: Sidecar,
+    user: str,
+    password: str,
+    *,
+    final: int = 200,
+    expires: int = 3600,
+    domain: str = "jambonz.org",
+    local_port: int | None = None,
+    transport: str = "u1",
+):
     port = sidecar.udp_port if transport == "u1" else sidecar.tcp_port
     extra = ["-key", "expires", str(expires), "-au", user, "-ap", password]
     if local_port is not None:
         extra += ["-p", str(local_port)]
-    return await run_sipp("register-auth.xml", port, transport=transport, inf=f"SEQUENTIAL\n{user};{domain};"
-                          f"{password}\n", extra=extra, replace={"[final]": str(final)})
+    return await run_sipp(
+        "register-auth.xml",
+        port,
+        transport=transport,
+        inf=f"SEQUENTIAL\n{user};{domain};{password}\n",
+        extra=extra,
+        replace={"[final]": str(final)},
+    )
 
 
-async def register_once(sidecar: Sidecar, user: str, domain: str, ruri_host: str, final: int, *,
-                        local_port: int | None = None, expires: int = 3600):
+async def register_once(
+    sidecar: Sidecar,
+    user: str,
+    domain: str,
+    ruri_host: str,
+    final: int,
+    *,
+    local_port: int | None = None,
+    expires: int = 3600,
+):
     extra = ["-key", "expires", str(expires)]
     if local_port is not None:
         extra += ["-p", str(local_port)]
-    return await run_sipp("register-expect.xml", sidecar.udp_port,
-                          inf=f"SEQUENTIAL\n{user};{domain};x;{ruri_host}\n", extra=extra,
-                          replace={"[final]": str(final)})
+    return await run_sipp(
+        "register-expect.xml",
+        sidecar.udp_port,
+        inf=f"SEQUENTIAL\n{user};{domain};x;{ruri_host}\n",
+        extra=extra,
+        replace={"[final]": str(final)},
+    )
 
 
 async def test_spec_register_scenarios(registrar: Sidecar, redis: Redis, webhook: AuthWebhook) -> None:
@@ -145,8 +177,12 @@ async def test_spec_register_scenarios(registrar: Sidecar, redis: Redis, webhook
     assert header_values(result.messages, "X-Reason") == ["Invalid address of record"]
 
     # unregister: 401, then 200 with Contact * and Expires 0; the binding is gone
-    result = await run_sipp("unregister.xml", registrar.udp_port, inf="SEQUENTIAL\njohn;jambonz.org;1234\n",
-                            extra=["-au", "john", "-ap", "1234"])
+    result = await run_sipp(
+        "unregister.xml",
+        registrar.udp_port,
+        inf="SEQUENTIAL\njohn;jambonz.org;1234\n",
+        extra=["-au", "john", "-ap", "1234"],
+    )
     assert result.returncode == 0, result.stderr
     assert responses(result.messages) == ["SIP/2.0 401 Unauthorized", "SIP/2.0 200 OK"]
     assert header_values(result.messages, "Expires")[-1] == "0"

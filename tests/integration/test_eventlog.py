@@ -16,8 +16,15 @@ from runtime.handling import ConcurrentHandler, Delivery, Outcome
 
 
 def challenged(i: int) -> RegisterChallenged:
-    return RegisterChallenged(**stamp(), aor=f"u{i}@example.com", realm="example.com", nonce=str(i),
-                              source_ip="127.0.0.1", source_port=5000 + i, call_id=f"call-{i}")
+    return RegisterChallenged(
+        **stamp(),
+        aor=f"u{i}@example.com",
+        realm="example.com",
+        nonce=str(i),
+        source_ip="127.0.0.1",
+        source_port=5000 + i,
+        call_id=f"call-{i}",
+    )
 
 
 class Echo:
@@ -37,8 +44,12 @@ class Echo:
             if event.aor in self.fail_aors:
                 results.append(RuntimeError(f"cannot handle {event.aor}"))
                 continue
-            out = RegistrationExpired(**stamp(event.correlation_id, delivery.entry_id), aor=event.aor,
-                                      expiry_time_ms=0, granted_event_id=delivery.entry_id)
+            out = RegistrationExpired(
+                **stamp(event.correlation_id, delivery.entry_id),
+                aor=event.aor,
+                expiry_time_ms=0,
+                granted_event_id=delivery.entry_id,
+            )
             results.append(Outcome(appends=[(self.out_stream, out)]))
         return results
 
@@ -49,7 +60,9 @@ async def drain(consumer: Consumer, turns: int = 50) -> None:
             return
 
 
-async def test_every_appended_event_is_delivered_and_acked(eventlog: EventLog, names: StreamNames, redis: Redis):
+async def test_every_appended_event_is_delivered_and_acked(
+    eventlog: EventLog, names: StreamNames, redis: Redis
+):
     events = [challenged(i) for i in range(120)]
     await eventlog.append(names.requests, events)
     handler = Echo(names.registrations)
@@ -199,7 +212,9 @@ async def test_graceful_stop_finishes_the_batch_in_hand(eventlog: EventLog, name
 
 
 @pytest.mark.parametrize("group", ["a", "b"])
-async def test_groups_are_created_idempotently(eventlog: EventLog, names: StreamNames, redis: Redis, group: str):
+async def test_groups_are_created_idempotently(
+    eventlog: EventLog, names: StreamNames, redis: Redis, group: str
+):
     await eventlog.ensure_group(names.requests, group)
     await eventlog.ensure_group(names.requests, group)
     groups = await redis.xinfo_groups(names.requests)

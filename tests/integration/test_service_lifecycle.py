@@ -24,11 +24,19 @@ async def health_status(session: aiohttp.ClientSession, url: str) -> int | None:
 
 async def test_run_turns_healthy_and_stops_on_sigterm(cluster_id: str, mysql_db: str, redis) -> None:
     http_port = free_port()
-    env = {**base_env(cluster_id, mysql_db), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-           "SIDECAR_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-           "SIDECAR_SIP_LISTEN": f"udp:127.0.0.1:{free_port()},tcp:127.0.0.1:{free_port()}"}
-    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **base_env(cluster_id, mysql_db),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "SIDECAR_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        "SIDECAR_SIP_LISTEN": f"udp:127.0.0.1:{free_port()},tcp:127.0.0.1:{free_port()}",
+    }
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once; every wait on it runs in a thread
+        [sys.executable, "-m", "runtime.cli", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{http_port}/health"
     try:
         statuses: list[int | None] = []

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from ingest.fronts.front import OutboundRequest
 from ingest.sip import SipParseError, SipRequest, SipResponse, parse_message
-from ingest.sip.uri import parse_uri
 from ingest.sip.framing import StreamFramer
+from ingest.sip.uri import parse_uri
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,15 @@ class NativeIncoming:
 
     __slots__ = ("message", "facts", "_send", "_transaction", "_table", "_to_tag", "_stats", "answered")
 
-    def __init__(self, message: SipRequest, facts: TransportFacts, send: Send, transaction: ServerTransaction | None,
-                 table: TransactionTable | None, stats: FrontStats) -> None:
+    def __init__(
+        self,
+        message: SipRequest,
+        facts: TransportFacts,
+        send: Send,
+        transaction: ServerTransaction | None,
+        table: TransactionTable | None,
+        stats: FrontStats,
+    ) -> None:
         self.message = message
         self.facts = facts
         self._send = send
@@ -47,8 +54,9 @@ class NativeIncoming:
         self._stats = stats
         self.answered = False
 
-    async def respond(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = (),
-                      body: bytes = b"") -> None:
+    async def respond(
+        self, status: int, reason: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
+    ) -> None:
         if self.answered:
             return
         response = make_response(self.message, status, reason, headers, to_tag=self._to_tag)
@@ -61,8 +69,13 @@ class NativeIncoming:
         try:
             self._send(data)
         except (OSError, RuntimeError, asyncio.QueueFull) as exc:
-            log.warning("response not sent status=%s to=%s:%s error=%s", status, self.facts.source_ip,
-                        self.facts.source_port, exc)
+            log.warning(
+                "response not sent status=%s to=%s:%s error=%s",
+                status,
+                self.facts.source_ip,
+                self.facts.source_port,
+                exc,
+            )
 
 
 class Dispatcher:
@@ -82,8 +95,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
 
-    def receive(self, data: bytes, transport: str, source: tuple[str, int], send: Send,
-                table: TransactionTable | None) -> None:
+    def receive(
+        self, data: bytes, transport: str, source: tuple[str, int], send: Send, table: TransactionTable | None
+    ) -> None:
         """Entry point of every transport for one complete message. Never raises."""
         self.stats.received += 1
         try:
@@ -101,8 +115,14 @@ class Dispatcher:
             self.stats.dropped_unparseable += 1
             log.exception("request dropped from=%s:%s", source[0], source[1])
 
-    def _request(self, message: SipRequest, transport: str, source: tuple[str, int], send: Send,
-                 table: TransactionTable | None) -> None:
+    def _request(
+        self,
+        message: SipRequest,
+        transport: str,
+        source: tuple[str, int],
+        send: Send,
+        table: TransactionTable | None,
+    ) -> None:
         try:
             via = message.top_via.with_source(source[0], source[1])
         except SipParseError:
@@ -153,7 +173,14 @@ class Dispatcher:
         if branch.startswith(RFC3261_COOKIE):
             return (branch, f"{getattr(via, 'host', '')}:{getattr(via, 'port', '')}", method)
         from_tag = message.headers.get("from") or ""
-        return ("2543", message.headers.get("call-id") or "", str(message.cseq.number), from_tag, branch, method)
+        return (
+            "2543",
+            message.headers.get("call-id") or "",
+            str(message.cseq.number),
+            from_tag,
+            branch,
+            method,
+        )
 
     async def _handle(self, incoming: NativeIncoming) -> None:
         assert self.handler is not None
@@ -163,8 +190,11 @@ class Dispatcher:
             raise
         except Exception:  # noqa: BLE001 - one bad request must not affect the others
             self.stats.handler_errors += 1
-            log.exception("request handler failed method=%s call_id=%s", incoming.message.method,
-                          incoming.message.call_id)
+            log.exception(
+                "request handler failed method=%s call_id=%s",
+                incoming.message.method,
+                incoming.message.call_id,
+            )
         if not incoming.answered:
             await incoming.respond(500, "Server Internal Error")
 

@@ -17,8 +17,16 @@ log = logging.getLogger(__name__)
 class WebSocketListener:
     """One ws or wss listening point."""
 
-    def __init__(self, dispatcher: Dispatcher, transport_name: str, host: str, port: int,
-                 ssl_context: ssl.SSLContext | None, idle_timeout_s: float, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        transport_name: str,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        idle_timeout_s: float,
+        max_message_bytes: int,
+    ) -> None:
         self.dispatcher = dispatcher
         self.transport_name = transport_name
         self.host = host
@@ -35,7 +43,9 @@ class WebSocketListener:
         app.router.add_get("/{tail:.*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True
+        )
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
@@ -48,8 +58,12 @@ class WebSocketListener:
             await self._runner.cleanup()
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(protocols=("sip",), max_msg_size=self.max_message_bytes,
-                                   receive_timeout=self.idle_timeout_s, heartbeat=30)
+        ws = web.WebSocketResponse(
+            protocols=("sip",),
+            max_msg_size=self.max_message_bytes,
+            receive_timeout=self.idle_timeout_s,
+            heartbeat=30,
+        )
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="SIP over WebSocket only (subprotocol sip)")
         await ws.prepare(request)
