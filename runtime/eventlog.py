@@ -66,15 +66,19 @@ class EventLog:
 
     async def append_many(self, items: Sequence[tuple[str, Event]]) -> list[str]:
         """Appends in one pipeline; returns the entry ids in order."""
-        if not items:
+        return await self.execute_appends([self.xadd_command(stream, event) for stream, event in items])
+
+    async def execute_appends(self, commands: Sequence[Sequence[object]]) -> list[str]:
+        """Runs prepared XADD commands in one pipeline; returns the entry ids in order."""
+        if not commands:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for stream, event in items:
-            pipe.execute_command(*self.xadd_command(stream, event))
+        for command in commands:
+            pipe.execute_command(*command)
         try:
             ids = await pipe.execute()
         except RedisError as exc:
-            raise StoreUnavailable(f"append of {len(items)} events failed: {exc}") from exc
+            raise StoreUnavailable(f"append of {len(commands)} events failed: {exc}") from exc
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
@@ -134,15 +138,16 @@ class Appender:
     def __init__(self, log_: EventLog, max_batch: int = 500) -> None:
         self._log = log_
         self._max_batch = max_batch
-        self._pending: list[tuple[str, Event, asyncio.Future[str]]] = []
+        self._pending: list[tuple[list[object], asyncio.Future[str]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
     async def append(self, stream: str, event: Event) -> str:
         if self._closed:
             raise StoreUnavailable("appender is closed")
+        command = self._log.xadd_command(stream, event)  # an event that cannot be encoded fails here, alone
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((stream, event, future))
+        self._pending.append((command, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop(), name="appender-flush")
         return await future
@@ -152,13 +157,13 @@ class Appender:
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             try:
-                ids = await self._log.append_many([(stream, event) for stream, event, _ in batch])
+                ids = await self._log.execute_appends([command for command, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter gets the fault
-                for _, _, future in batch:
+                for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, _, future), entry_id in zip(batch, ids, strict=True):
+            for (_, future), entry_id in zip(batch, ids, strict=True):
                 if not future.done():
                     future.set_result(entry_id)
 

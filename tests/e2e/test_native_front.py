@@ -258,3 +258,12 @@ async def test_ten_thousand_hostile_datagrams_do_not_stop_the_listener(sidecar: 
         metrics = dict(line.split(" ", 1) for line in (await r.text()).splitlines() if line)
     assert float(metrics["sbc_sidecar_ingest_sip_dropped_unparseable"]) >= 1000
     assert float(metrics["sbc_sidecar_ingest_sip_received"]) >= 9000
+
+
+async def test_non_utf8_request_gets_400_and_no_event(sidecar: Sidecar, redis: Redis) -> None:
+    payload = OPTIONS.format(host="127.0.0.1", transport="UDP", branch="bad8").replace(
+        "probe@example.com", "pr\xffbe@example.com").encode("latin-1")
+    answer = await udp_exchange(sidecar.udp_port, payload.replace(b"OPTIONS sip", b"OPTIONS sip", 1))
+    assert answer.startswith(b"SIP/2.0 400 Bad Request\r\n")
+    assert b"X-Reason: Message is not valid UTF-8" in answer
+    assert await redis.xlen(sidecar.names.requests) == 0

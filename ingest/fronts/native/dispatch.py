@@ -31,6 +31,18 @@ class FrontStats:
     rejected_draining: int = 0
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _facts(source: tuple[str, int], transport: str) -> TransportFacts:
+    return TransportFacts(source[0], source[1], transport, "")
+
+
 class NativeIncoming:
     """A request held by the native front; `respond` sends the final answer once."""
 
@@ -59,7 +71,12 @@ class NativeIncoming:
     ) -> None:
         if self.answered:
             return
-        response = make_response(self.message, status, reason, headers, to_tag=self._to_tag)
+        try:
+            response = make_response(self.message, status, reason, headers, to_tag=self._to_tag)
+        except (SipParseError, ValueError) as exc:
+            self.answered = True
+            log.warning("no answer can be formed status=%s error=%s", status, exc)
+            return
         response.body = body
         data = response.serialize()
         self.answered = True
@@ -108,6 +125,12 @@ class Dispatcher:
             return
         if isinstance(message, SipResponse):
             self.on_response(message)
+            return
+        if not data.isascii() and not _is_utf8(data):
+            # RFC 3261 text is UTF-8; anything else could not be recorded faithfully as an event.
+            self.stats.bad_requests += 1
+            incoming = NativeIncoming(message, _facts(source, transport), send, None, None, self.stats)
+            self._spawn(incoming.respond(400, "Bad Request", [("X-Reason", "Message is not valid UTF-8")]))
             return
         try:
             self._request(message, transport, source, send, table)
