@@ -1,0 +1,1 @@
+"""The load benchmark: sipp ladders of registrations and OPTIONS against the running sidecar."""

@@ -1,0 +1,224 @@
+"""`bench/run`: the registration and OPTIONS ladders against the sidecar, with a JSON report.
+
+    bench/run                       all roles in one process
+    bench/run --split --processors 2
+    bench/run --smoke               one tiny step of each kind (CI)
+    bench/run --profile 2400        also py-spy the service during the 2400/s registration step
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import uvloop
+
+from bench.cpu import CpuMeter
+from bench.infrastructure import REPO, BenchDatabase, BenchRedis, Servers, Tenant, free_port
+from bench.ladder import Ladder, StepResult
+from bench.processes import ProcessGroup
+from bench.profiler import recorder, top_costs
+from bench.report import git_commit, last_line, step_line, summary, write_results
+from bench.sidecar import Layout, RunningService, start_service, start_webhook, webhook_counts
+from bench.sipp import MAX_RUN_S, Sipp
+
+REGISTER_RATES = (200, 400, 800, 1200, 1600, 2400, 3200, 4800, 6400)
+OPTIONS_RATES = (2000, 5000, 10000, 20000, 30000, 40000)
+SMOKE = {"register": (20, 3.0), "options": (200, 2.0)}
+
+
+def rates(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a comma list of rates, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"want positive rates, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", action="store_true", help="run ingest, processors and projections as "
+                        "separate processes")
+    parser.add_argument("--processors", type=int, default=2, help="processor processes with --split (2)")
+    parser.add_argument("--smoke", action="store_true", help="one tiny step of each kind; exit 1 unless both hold")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per step (10; at most 25)")
+    parser.add_argument("--register-rates", type=rates, default=REGISTER_RATES, help="comma list, registrations/s")
+    parser.add_argument("--options-rates", type=rates, default=OPTIONS_RATES, help="comma list, OPTIONS/s")
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="probe transactions per second (20)")
+    parser.add_argument("--redis-db", type=int, default=11, help="Redis database number of the run (11)")
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--profile", type=int, metavar="RATE", help="py-spy the service processes during the "
+                        "registration step at RATE")
+    parser.add_argument("--keep-services", action="store_true", help="leave Redis/MariaDB running even if this "
+                        "run started them")
+    parser.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, sipp stats)")
+    return parser
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class BenchRun:
+    """One run: infrastructure up, service up, ladders, report; everything down again."""
+
+    def __init__(self, args: argparse.Namespace, work_dir: Path) -> None:
+        self.args = args
+        self.work_dir = work_dir
+        self.layout = Layout(split=args.split, processors=args.processors)
+        self.profiles: dict[str, object] = {}
+
+    def plan(self) -> dict[str, tuple[Sequence[int], float]]:
+        if self.args.smoke:
+            return {kind: ((rate,), duration) for kind, (rate, duration) in SMOKE.items()}
+        duration = min(self.args.duration, MAX_RUN_S - 5)
+        return {"register": (self.args.register_rates, duration), "options": (self.args.options_rates, duration)}
+
+    async def run(self) -> int:
+        servers = Servers()
+        await servers.ensure()
+        try:
+            return await self._with_servers()
+        finally:
+            if not self.args.keep_services:
+                await servers.stop_started()
+
+    async def _with_servers(self) -> int:
+        tenant = Tenant()
+        database = BenchDatabase()
+        redis = BenchRedis(self.args.redis_db, f"bench-{secrets.token_hex(3)}")
+        try:
+            async with ProcessGroup(self.work_dir) as processes:
+                webhook, webhook_port = await start_webhook(processes, tenant)
+                await database.create(tenant, f"http://127.0.0.1:{webhook_port}/auth")
+                await redis.clean()
+                say(f"[bench] starting the service: {self.layout.mode}")
+                base_env = {**database.env(), **redis.env(), "ENCRYPTION_SECRET": secrets.token_hex(16)}
+                service = await start_service(processes, self.layout, base_env)
+                meter = CpuMeter()
+                for child in service.children:
+                    meter.add("service", child.pid)
+                redis_pid = await redis.server_pid()
+                if redis_pid is not None:
+                    meter.add("redis", redis_pid)
+                meter.add("webhook", webhook.pid)
+                sipp = Sipp(self.work_dir, processes, target_port=service.sip_port, password=tenant.user_password,
+                            local_port=free_port())
+                ladder = Ladder(service, sipp, meter, self.args.probe_rate / (2 if self.args.smoke else 1),
+                                tenant.user_password, lambda: webhook_counts(webhook_port))
+                results = await self._climb(ladder, service)
+                memory = await redis.used_memory_bytes()
+        finally:
+            await redis.clean()
+            await redis.close()
+            await database.drop()
+        return self._report(*results, redis_memory_bytes=memory)
+
+    async def _climb(self, ladder: Ladder, service: RunningService) -> tuple[list[StepResult], list[StepResult]]:
+        plan = self.plan()
+        register = await ladder.climb("register", plan["register"][0], plan["register"][1], self._print_step,
+                                      self._beside(service, plan["register"][1]))
+        if service.dead():
+            return register, []
+        options = await ladder.climb("options", plan["options"][0], plan["options"][1], self._print_step)
+        return register, options
+
+    def _beside(self, service: RunningService, duration_s: float
+                ) -> Callable[[str, int], Callable[[], Awaitable[object]] | None]:
+        def at(kind: str, rate: int) -> Callable[[], Awaitable[object]] | None:
+            if kind != "register" or rate != self.args.profile:
+                return None
+            record = recorder(service.children, duration_s, self.work_dir, f"profile-{rate}")
+
+            async def profile() -> None:
+                for path in await record():
+                    if path.exists():
+                        name = path.stem.removeprefix(f"profile-{rate}-")
+                        self.profiles[name] = {"rate_per_s": rate, **top_costs(path)}
+                        kept = self.args.results_dir / f"profile-{rate}-{name}.txt"
+                        self.args.results_dir.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(path, kept)
+
+            return profile
+
+        return at
+
+    @staticmethod
+    def _print_step(step: StepResult) -> None:
+        say(step_line(step))
+
+    def _report(self, register: list[StepResult], options: list[StepResult], *, redis_memory_bytes: int) -> int:
+        numbers = summary(register, options)
+        line = last_line(numbers)
+        plan = self.plan()
+        document: dict[str, object] = {
+            "line": line,
+            "summary": numbers,
+            "mode": self.layout.mode,
+            "split": self.layout.split,
+            "processors": self.layout.processors if self.layout.split else None,
+            "smoke": self.args.smoke,
+            "git": git_commit(),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "loadavg": os.getloadavg(), "redis_used_memory_bytes": redis_memory_bytes},
+            "config": {"duration_s": {k: v[1] for k, v in plan.items()}, "probe_rate_per_s": self.args.probe_rate,
+                       "register_rates": list(plan["register"][0]), "options_rates": list(plan["options"][0])},
+            "register": [step.as_dict() for step in register],
+            "options": [step.as_dict() for step in options],
+        }
+        if self.profiles:
+            document["profile"] = self.profiles
+            for name, costs in self.profiles.items():
+                say(f"[bench] profile {name}: top self time")
+                for row in costs["self"]:  # type: ignore[index]
+                    say(f"[bench]   {row['percent']:5.1f}%  {row['function']}")
+        path = write_results(self.args.results_dir, document, suffix="-smoke" if self.args.smoke else "")
+        say(f"[bench] results: {path}")
+        print(line, flush=True)
+        if self.args.smoke:
+            return 0 if register and options and all(s.holds for s in register + options) else 1
+        return 0
+
+
+async def _main(args: argparse.Namespace) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    work_dir = Path(tempfile.mkdtemp(prefix="sbc-bench-"))
+    failed = True
+    try:
+        status = await BenchRun(args, work_dir).run()
+        failed = False
+        return status
+    finally:
+        if failed or args.keep_work:
+            say(f"[bench] work directory kept: {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.processors < 1:
+        say("bench/run: --processors must be at least 1")
+        return 2
+    try:
+        return uvloop.run(_main(args))
+    except KeyboardInterrupt:
+        say("[bench] interrupted; everything started was stopped")
+        return 130
+    except RuntimeError as exc:
+        say(f"bench/run: {exc}")
+        return 1

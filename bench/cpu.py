@@ -1,0 +1,79 @@
+"""CPU seconds from /proc: utime + stime of named processes (all their threads), and the machine's.
+
+A `CpuMeter` knows which pids belong to which part (service processes, redis-server, the
+webhook, sipp) and takes snapshots; the difference of two snapshots is the CPU each part spent
+over a step. Clock ticks are 10 ms, so a step should burn well over a second to be read well.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """utime + stime of a live process, in seconds; None when it is gone or not visible."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(b")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLOCK_TICKS_PER_S
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of all cores since boot, from the first line of /proc/stat."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq + steal
+    return busy / CLOCK_TICKS_PER_S, (busy + idle + iowait) / CLOCK_TICKS_PER_S
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    by_part_s: Mapping[str, float]
+    machine_busy_s: float
+    machine_total_s: float
+
+
+@dataclass
+class CpuMeter:
+    """Parts by name, each a list of pids (a part may be several processes)."""
+
+    parts: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, part: str, pid: int) -> None:
+        self.parts.setdefault(part, []).append(pid)
+
+    def snapshot(self) -> CpuSnapshot:
+        by_part = {}
+        for part, pids in self.parts.items():
+            readings = [process_cpu_s(pid) for pid in pids]
+            by_part[part] = sum(r for r in readings if r is not None)
+        busy, total = machine_cpu_s()
+        return CpuSnapshot(by_part, busy, total)
+
+
+@dataclass(frozen=True)
+class CpuSpent:
+    """CPU seconds spent between two snapshots, by part and by the whole machine."""
+
+    by_part_s: dict[str, float]
+    machine_busy_s: float
+    machine_total_s: float
+
+    @classmethod
+    def between(cls, before: CpuSnapshot, after: CpuSnapshot) -> CpuSpent:
+        parts = {name: round(after.by_part_s[name] - before.by_part_s.get(name, 0.0), 3)
+                 for name in after.by_part_s}
+        return cls(parts, round(after.machine_busy_s - before.machine_busy_s, 3),
+                   round(after.machine_total_s - before.machine_total_s, 3))
+
+    def total_s(self, parts: tuple[str, ...]) -> float:
+        return sum(self.by_part_s.get(name, 0.0) for name in parts)

@@ -1,0 +1,197 @@
+"""What the bench stands on: Redis and MariaDB (started by scripts/services.sh where not answering),
+a fresh MySQL database with one account and its registration webhook, and a clean Redis database.
+
+Nothing here touches data it did not make: the bench database has its own name per run and is
+dropped at the end; in Redis only the run's cluster keys and the bench realm's jambonz keys are
+deleted; a server is shut down at the end only when this run started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiomysql
+from redis.asyncio import Redis
+
+from bench.digest import REALM
+
+REPO = Path(__file__).resolve().parents[1]
+REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
+MYSQL_HOST = os.environ.get("BENCH_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("BENCH_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("BENCH_MYSQL_USER", "root")
+MYSQL_PASSWORD = os.environ.get("BENCH_MYSQL_PASSWORD", "")
+
+
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 for both UDP and TCP when asked (never 5060: the kernel's
+    ephemeral range starts far above it)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            if port != 5060:
+                return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+@dataclass
+class Servers:
+    """Redis and MariaDB on loopback; remembers which of them this run started."""
+
+    started: list[str] = field(default_factory=list)
+
+    async def ensure(self) -> None:
+        before = {"redis": port_answers(REDIS_PORT, REDIS_HOST), "mariadb": port_answers(MYSQL_PORT, MYSQL_HOST)}
+        if all(before.values()) and _have_sipp():
+            return
+        process = await asyncio.create_subprocess_exec(
+            "bash", str(REPO / "scripts" / "services.sh"), "--no-influx", stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
+        output, _ = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"scripts/services.sh failed:\n{output.decode(errors='replace')}")
+        self.started = [name for name, answered in before.items() if not answered]
+
+    async def stop_started(self) -> None:
+        """Stops the servers this run started (and only those)."""
+        if "redis" in self.started:
+            await _quiet("redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT), "shutdown", "nosave")
+        if "mariadb" in self.started:
+            await _quiet("mariadb-admin", "-h", MYSQL_HOST, "-P", str(MYSQL_PORT), "-u", MYSQL_USER,
+                         *([f"-p{MYSQL_PASSWORD}"] if MYSQL_PASSWORD else []), "shutdown")
+        self.started = []
+
+
+def _have_sipp() -> bool:
+    from shutil import which
+
+    return which("sipp") is not None
+
+
+async def _quiet(*argv: str) -> None:
+    process = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await process.wait()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """The bench account: its realm, webhook row credentials and signing secret, the users' password."""
+
+    webhook_user: str = "bench"
+    webhook_password: str = field(default_factory=lambda: secrets.token_hex(8))
+    webhook_secret: str = field(default_factory=lambda: secrets.token_hex(12))
+    user_password: str = field(default_factory=lambda: secrets.token_hex(6))
+    realm: str = REALM
+
+
+class BenchDatabase:
+    """A MySQL database of its own (`sbc_bench_<hex>`), made with `sbc-sidecar db init`, dropped at the end."""
+
+    def __init__(self) -> None:
+        self.name = f"sbc_bench_{secrets.token_hex(3)}"
+
+    def env(self) -> dict[str, str]:
+        return {"JAMBONES_MYSQL_HOST": MYSQL_HOST, "JAMBONES_MYSQL_PORT": str(MYSQL_PORT),
+                "JAMBONES_MYSQL_USER": MYSQL_USER, "JAMBONES_MYSQL_PASSWORD": MYSQL_PASSWORD,
+                "JAMBONES_MYSQL_DATABASE": self.name}
+
+    async def create(self, tenant: Tenant, webhook_url: str) -> None:
+        process = await asyncio.create_subprocess_exec(
+            str(REPO / ".venv" / "bin" / "sbc-sidecar"), "db", "init", env={**os.environ, **self.env()},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output, _ = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"sbc-sidecar db init failed:\n{output.decode(errors='replace')}")
+        connection = await self._connect(self.name)
+        try:
+            async with connection.cursor() as cursor:
+                provider, hook, account = (str(uuid.uuid4()) for _ in range(3))
+                await cursor.execute(
+                    "INSERT INTO webhooks (webhook_sid, url, method, username, password) "
+                    "VALUES (%s, %s, 'POST', %s, %s)",
+                    (hook, webhook_url, tenant.webhook_user, tenant.webhook_password))
+                await cursor.execute("INSERT INTO service_providers (service_provider_sid, name) VALUES (%s, %s)",
+                                     (provider, "bench"))
+                await cursor.execute(
+                    "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, "
+                    "registration_hook_sid, webhook_secret, is_active) VALUES (%s, 'bench', %s, %s, %s, %s, 1)",
+                    (account, tenant.realm, provider, hook, tenant.webhook_secret))
+        finally:
+            connection.close()
+
+    async def drop(self) -> None:
+        connection = await self._connect(None)
+        try:
+            async with connection.cursor() as cursor:
+                await cursor.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+        finally:
+            connection.close()
+
+    @staticmethod
+    async def _connect(database: str | None) -> aiomysql.Connection:
+        async with asyncio.timeout(10):
+            return await aiomysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER,
+                                          password=MYSQL_PASSWORD, db=database, autocommit=True)
+
+
+class BenchRedis:
+    """The Redis database the service writes to in this run, and the keys the run leaves behind."""
+
+    def __init__(self, db: int, cluster_id: str) -> None:
+        self.db = db
+        self.cluster_id = cluster_id
+        self.client = Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+
+    def env(self) -> dict[str, str]:
+        return {"JAMBONES_REDIS_HOST": REDIS_HOST, "JAMBONES_REDIS_PORT": str(REDIS_PORT),
+                "SIDECAR_REDIS_DB": str(self.db), "JAMBONES_CLUSTER_ID": self.cluster_id}
+
+    async def server_pid(self) -> int | None:
+        info = await self.client.info("server")
+        pid = info.get("process_id")
+        return int(pid) if pid is not None else None
+
+    async def used_memory_bytes(self) -> int:
+        return int((await self.client.info("memory"))["used_memory"])
+
+    async def clean(self, realm: str = REALM) -> int:
+        """Deletes the run's cluster keys and the realm's registrations; returns how many keys went."""
+        deleted = 0
+        for pattern in (f"{self.cluster_id}:*", f"user:*@{realm}"):
+            batch: list[bytes] = []
+            async for key in self.client.scan_iter(match=pattern, count=5000):
+                batch.append(key)
+                if len(batch) >= 5000:
+                    deleted += await self.client.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += await self.client.unlink(*batch)
+        members = [m async for m, _ in self.client.zscan_iter("active-user", match=f"user:*@{realm}", count=5000)]
+        for start in range(0, len(members), 5000):
+            await self.client.zrem("active-user", *members[start:start + 5000])
+        return deleted
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,168 @@
+"""One rung at a time: a bounded sipp run at a fixed rate, the probe beside it, CPU around it.
+
+A step holds when every sipp call succeeded with no retransmission, sipp reached at least
+RATE_FLOOR of the asked rate, no probe transaction failed, and every service process is alive.
+A ladder climbs its rates and stops at the first step that does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from bench.cpu import CpuMeter, CpuSpent, process_cpu_s
+from bench.probe import Probe, ProbeResult
+from bench.sidecar import RunningService
+from bench.sipp import Sipp, SippRun
+
+RATE_FLOOR = 0.9
+SETTLE_IDLE_FRACTION = 0.10  # of one core, over SETTLE_WINDOW_S
+SETTLE_WINDOW_S = 0.5
+SETTLE_MAX_S = 20.0
+# CPU of the system under test: our processes, Redis and the webhook (not sipp, not the probe).
+SYSTEM_PARTS = ("service", "redis", "webhook")
+
+
+@dataclass
+class StepResult:
+    kind: str
+    rate_per_s: int
+    sipp: SippRun
+    probe: ProbeResult
+    cpu: CpuSpent
+    sipp_cpu_s: float
+    bench_client_cpu_s: float
+    webhook_counts: dict[str, int] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def holds(self) -> bool:
+        return not self.reasons
+
+    @property
+    def operations(self) -> int:
+        """Registrations (or OPTIONS) completed in the step: sipp's and the probe's."""
+        return self.sipp.successful + len(self.probe.latencies_ms)
+
+    def cpu_us_per_op(self) -> dict[str, float | None]:
+        if not self.operations:
+            return {name: None for name in (*SYSTEM_PARTS, "system", "sipp")}
+        per = {name: round(self.cpu.by_part_s.get(name, 0.0) * 1e6 / self.operations, 1) for name in SYSTEM_PARTS}
+        per["system"] = round(self.cpu.total_s(SYSTEM_PARTS) * 1e6 / self.operations, 1)
+        per["sipp"] = round(self.sipp_cpu_s * 1e6 / self.operations, 1)
+        return per
+
+    def as_dict(self) -> dict[str, object]:
+        known_s = self.cpu.total_s(SYSTEM_PARTS) + self.sipp_cpu_s + self.bench_client_cpu_s
+        return {
+            "kind": self.kind, "rate_per_s": self.rate_per_s, "holds": self.holds, "reasons": self.reasons,
+            "sipp": self.sipp.as_dict(), "probe": self.probe.summary(),
+            "cpu_s": {**self.cpu.by_part_s, "sipp": round(self.sipp_cpu_s, 3),
+                      "bench_client": round(self.bench_client_cpu_s, 3),
+                      "machine_busy": self.cpu.machine_busy_s, "machine_total": self.cpu.machine_total_s,
+                      "machine_other": round(max(0.0, self.cpu.machine_busy_s - known_s), 3)},
+            "cpu_us_per_op": self.cpu_us_per_op(),
+            "webhook": self.webhook_counts,
+        }
+
+
+def judge(step: StepResult, service: RunningService) -> list[str]:
+    """Why the step does not hold (empty when it holds)."""
+    run, reasons = step.sipp, []
+    if run.returncode != 0:
+        reasons.append(f"sipp exited {run.returncode}")
+    if run.failed:
+        reasons.append(f"{run.failed} calls failed {run.failures}")
+    if run.successful < run.calls:
+        reasons.append(f"{run.successful}/{run.calls} calls succeeded")
+    if run.retransmissions:
+        reasons.append(f"{run.retransmissions} retransmissions")
+    if run.achieved_per_s < RATE_FLOOR * run.rate_per_s:
+        reasons.append(f"sipp reached {run.achieved_per_s:.0f}/s of {run.rate_per_s}/s")
+    if step.probe.failures:
+        reasons.append(f"probe failures {dict(step.probe.failures)}")
+    if not step.probe.latencies_ms:
+        reasons.append("no probe transaction completed")
+    for child in service.dead():
+        reasons.append(f"{child.name} died ({child.process.returncode})")
+    return reasons
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Ladder:
+    """Runs steps against one running service; numbers users so that each registration is new."""
+
+    service: RunningService
+    sipp: Sipp
+    meter: CpuMeter
+    probe_rate_per_s: float
+    user_password: str
+    webhook_counts: Callable[[], Awaitable[dict[str, int]]]
+    next_user: int = 0
+
+    async def step(self, kind: str, rate_per_s: int, duration_s: float,
+                   beside: Callable[[], Awaitable[object]] | None = None) -> StepResult:
+        """One bounded step; `beside` runs alongside the load (a profiler)."""
+        await self.settle()
+        first_user = self.next_user
+        if kind == "register":
+            self.next_user += round(rate_per_s * duration_s)
+        hook_before = await self.webhook_counts()
+        stop_probe = asyncio.Event()
+        async with Probe(self.service.sip_port, kind=kind, password=self.user_password) as probe:
+            before, sipp_before, self_before = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
+            async with asyncio.TaskGroup() as group:
+                probe_task = group.create_task(probe.run(self.probe_rate_per_s, stop_probe))
+                if beside is not None:
+                    group.create_task(beside())
+                try:
+                    run = await self.sipp.run(kind, rate_per_s, duration_s, first_user=first_user)
+                finally:
+                    stop_probe.set()
+            after, sipp_after, self_after = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
+        hook_after = await self.webhook_counts()
+        step = StepResult(kind, rate_per_s, run, probe_task.result(), CpuSpent.between(before, after),
+                          sipp_cpu_s=sipp_after - sipp_before, bench_client_cpu_s=self_after - self_before,
+                          webhook_counts={k: v - hook_before.get(k, 0) for k, v in hook_after.items()
+                                          if v - hook_before.get(k, 0)})
+        step.reasons = judge(step, self.service)
+        return step
+
+    async def climb(self, kind: str, rates: Sequence[int], duration_s: float,
+                    report: Callable[[StepResult], None],
+                    beside_at: Callable[[str, int], Callable[[], Awaitable[object]] | None] | None = None,
+                    ) -> list[StepResult]:
+        """Steps up `rates` until one does not hold (that one is kept too)."""
+        steps = []
+        for rate in rates:
+            beside = beside_at(kind, rate) if beside_at else None
+            step = await self.step(kind, rate, duration_s, beside)
+            steps.append(step)
+            report(step)
+            if not step.holds or self.service.dead():
+                break
+        return steps
+
+    async def settle(self) -> None:
+        """Waits until the service is nearly idle (a backlog of the last step drained), bounded."""
+        pids = [child.pid for child in self.service.children]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_MAX_S
+        while loop.time() < deadline:
+            before = sum(process_cpu_s(pid) or 0.0 for pid in pids)
+            await asyncio.sleep(SETTLE_WINDOW_S)
+            spent = sum(process_cpu_s(pid) or 0.0 for pid in pids) - before
+            if spent < SETTLE_IDLE_FRACTION * SETTLE_WINDOW_S * len(pids):
+                return

@@ -1,0 +1,93 @@
+"""A py-spy recording of the service processes during one step, and its top costs.
+
+py-spy samples the running interpreter from outside (no change to the service); `--nonblocking`
+keeps it from pausing the process. The raw (collapsed) output has one line per distinct stack
+with its sample count; `top_costs` sums them per function, as self time (the frame on top) and
+as total time (anywhere on the stack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench.processes import Child
+
+SAMPLE_RATE_HZ = 200
+_FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def py_spy_binary() -> str:
+    here = Path(sys.executable).parent / "py-spy"
+    found = str(here) if here.exists() else shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
+    return found
+
+
+def recorder(children: list[Child], duration_s: float, out_dir: Path, stem: str
+             ) -> Callable[[], Awaitable[object]]:
+    """A coroutine function recording every child for `duration_s` into `<stem>-<child>.txt`."""
+    binary = py_spy_binary()
+
+    async def record_all() -> list[Path]:
+        async def record(child: Child) -> Path:
+            path = out_dir / f"{stem}-{child.name}.txt"
+            process = await asyncio.create_subprocess_exec(
+                binary, "record", "--pid", str(child.pid), "--format", "raw", "--rate", str(SAMPLE_RATE_HZ),
+                "--duration", str(max(1, int(duration_s))), "--nonblocking", "--output", str(path),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                await asyncio.wait_for(process.wait(), duration_s + 30)
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+            return path
+
+        return list(await asyncio.gather(*(record(child) for child in children)))
+
+    return record_all
+
+
+def _function(frame: str) -> str:
+    match = _FRAME.match(frame.strip())
+    if match is None:
+        return frame.strip()
+    file = match["file"]
+    for marker in ("/site-packages/", "/work/main/", "/lib/python3"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            break
+    return f"{match['function']} ({file})"
+
+
+def top_costs(raw_path: Path, limit: int = 15) -> dict[str, object]:
+    """Self and total sample shares per function of one py-spy raw recording."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in raw_path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_function(frame) for frame in stack.split(";") if frame.strip()]
+        if not frames:
+            continue
+        samples += count
+        own[frames[-1]] += count
+        for function in set(frames):
+            total[function] += count
+
+    def share(counter: Counter[str]) -> list[dict[str, object]]:
+        return [{"function": name, "percent": round(100.0 * n / samples, 1), "samples": n}
+                for name, n in counter.most_common(limit)]
+
+    return {"samples": samples, "self": share(own) if samples else [], "total": share(total) if samples else []}

@@ -1,0 +1,35 @@
+"""bench/run --smoke: the benchmark works end to end at one tiny rate (the ladder itself is no CI test)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import SIPP
+
+REPO = Path(__file__).resolve().parents[2]
+LAST_LINE = re.compile(r"registrations: \d+/s p50 \d+\.\d ms p99 \d+\.\d ms cpu \d+ us/reg; options: \d+/s")
+
+
+@pytest.mark.sipp
+@pytest.mark.timeout(150)
+def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
+    if SIPP is None:
+        pytest.fail("sipp is not installed (Debian package sip-tester); .ci/run installs it")
+    result = subprocess.run([str(REPO / "bench" / "run"), "--smoke", "--results-dir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=110, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines and LAST_LINE.fullmatch(lines[-1]), result.stdout + result.stderr
+    assert lines[-1].startswith("registrations: 20/s ") and lines[-1].endswith("options: 200/s")
+    [report] = tmp_path.glob("*-smoke.json")
+    document = json.loads(report.read_text())
+    assert document["line"] == lines[-1]
+    [register] = document["register"]
+    assert register["holds"] and register["sipp"]["successful"] == 60
+    assert register["webhook"] == {"ok": register["sipp"]["successful"] + register["probe"]["ok"]}
+    assert document["options"][0]["holds"]
