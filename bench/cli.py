@@ -32,7 +32,7 @@ from bench.sidecar import Layout, RunningService, start_service, start_webhook, 
 from bench.sipp import MAX_RUN_S, Sipp
 
 REGISTER_RATES = (200, 400, 800, 1200, 1600, 2400, 3200, 4800, 6400)
-OPTIONS_RATES = (2000, 5000, 10000, 20000, 30000, 40000)
+OPTIONS_RATES = (1000, 2000, 5000, 10000, 20000, 30000, 40000)
 SMOKE = {"register": (20, 3.0), "options": (200, 2.0)}
 
 
@@ -79,6 +79,7 @@ class BenchRun:
         self.work_dir = work_dir
         self.layout = Layout(split=args.split, processors=args.processors)
         self.profiles: dict[str, object] = {}
+        self.idle_cpu: dict[str, float] = {}
 
     def plan(self) -> dict[str, tuple[Sequence[int], float]]:
         if self.args.smoke:
@@ -118,6 +119,8 @@ class BenchRun:
                             local_port=free_port())
                 ladder = Ladder(service, sipp, meter, self.args.probe_rate / (2 if self.args.smoke else 1),
                                 tenant.user_password, lambda: webhook_counts(webhook_port))
+                self.idle_cpu = await ladder.idle_cpu(1.0 if self.args.smoke else 3.0)
+                say(f"[bench] idle CPU, share of one core: {self.idle_cpu}")
                 results = await self._climb(ladder, service)
                 memory = await redis.used_memory_bytes()
         finally:
@@ -173,6 +176,7 @@ class BenchRun:
             "git": git_commit(),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "loadavg": os.getloadavg(), "redis_used_memory_bytes": redis_memory_bytes},
+            "idle_cpu_share_of_core": self.idle_cpu,
             "config": {"duration_s": {k: v[1] for k, v in plan.items()}, "probe_rate_per_s": self.args.probe_rate,
                        "register_rates": list(plan["register"][0]), "options_rates": list(plan["options"][0])},
             "register": [step.as_dict() for step in register],
@@ -183,6 +187,9 @@ class BenchRun:
             for name, costs in self.profiles.items():
                 say(f"[bench] profile {name}: top self time")
                 for row in costs["self"]:  # type: ignore[index]
+                    say(f"[bench]   {row['percent']:5.1f}%  {row['function']}")
+                say(f"[bench] profile {name}: self time by package")
+                for row in costs["self_by_package"]:  # type: ignore[index]
                     say(f"[bench]   {row['percent']:5.1f}%  {row['function']}")
         path = write_results(self.args.results_dir, document, suffix="-smoke" if self.args.smoke else "")
         say(f"[bench] results: {path}")

@@ -77,3 +77,16 @@ class CpuSpent:
 
     def total_s(self, parts: tuple[str, ...]) -> float:
         return sum(self.by_part_s.get(name, 0.0) for name in parts)
+
+
+def udp_errors() -> dict[str, int]:
+    """The machine's UDP drop counters (/proc/net/snmp): a full socket buffer shows in RcvbufErrors."""
+    try:
+        with open("/proc/net/snmp") as snmp:
+            rows = [line.split() for line in snmp if line.startswith("Udp:")]
+    except OSError:
+        return {}
+    if len(rows) < 2:
+        return {}
+    counters = dict(zip(rows[0][1:], (int(v) for v in rows[1][1:]), strict=False))
+    return {name: counters[name] for name in ("InErrors", "RcvbufErrors", "SndbufErrors") if name in counters}

@@ -12,7 +12,7 @@ import resource
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from bench.cpu import CpuMeter, CpuSpent, process_cpu_s
+from bench.cpu import CpuMeter, CpuSpent, process_cpu_s, udp_errors
 from bench.probe import Probe, ProbeResult
 from bench.sidecar import RunningService
 from bench.sipp import Sipp, SippRun
@@ -35,6 +35,7 @@ class StepResult:
     sipp_cpu_s: float
     bench_client_cpu_s: float
     webhook_counts: dict[str, int] = field(default_factory=dict)
+    udp_errors: dict[str, int] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -65,6 +66,7 @@ class StepResult:
                       "machine_other": round(max(0.0, self.cpu.machine_busy_s - known_s), 3)},
             "cpu_us_per_op": self.cpu_us_per_op(),
             "webhook": self.webhook_counts,
+            "udp_errors": self.udp_errors,
         }
 
 
@@ -119,7 +121,7 @@ class Ladder:
         first_user = self.next_user
         if kind == "register":
             self.next_user += round(rate_per_s * duration_s)
-        hook_before = await self.webhook_counts()
+        hook_before, udp_before = await self.webhook_counts(), udp_errors()
         stop_probe = asyncio.Event()
         async with Probe(self.service.sip_port, kind=kind, password=self.user_password) as probe:
             before, sipp_before, self_before = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
@@ -132,11 +134,12 @@ class Ladder:
                 finally:
                     stop_probe.set()
             after, sipp_after, self_after = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
-        hook_after = await self.webhook_counts()
+        hook_after, udp_after = await self.webhook_counts(), udp_errors()
         step = StepResult(kind, rate_per_s, run, probe_task.result(), CpuSpent.between(before, after),
                           sipp_cpu_s=sipp_after - sipp_before, bench_client_cpu_s=self_after - self_before,
                           webhook_counts={k: v - hook_before.get(k, 0) for k, v in hook_after.items()
-                                          if v - hook_before.get(k, 0)})
+                                          if v - hook_before.get(k, 0)},
+                          udp_errors={k: v - udp_before.get(k, 0) for k, v in udp_after.items()})
         step.reasons = judge(step, self.service)
         return step
 
@@ -154,6 +157,14 @@ class Ladder:
             if not step.holds or self.service.dead():
                 break
         return steps
+
+    async def idle_cpu(self, seconds: float = 3.0) -> dict[str, float]:
+        """CPU share of one core that each part burns with no load at all (polling, timers)."""
+        await self.settle()
+        before = self.meter.snapshot()
+        await asyncio.sleep(seconds)
+        spent = CpuSpent.between(before, self.meter.snapshot())
+        return {name: round(value / seconds, 3) for name, value in spent.by_part_s.items()}
 
     async def settle(self) -> None:
         """Waits until the service is nearly idle (a backlog of the last step drained), bounded."""

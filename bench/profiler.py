@@ -72,6 +72,7 @@ def top_costs(raw_path: Path, limit: int = 15) -> dict[str, object]:
     """Self and total sample shares per function of one py-spy raw recording."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     samples = 0
     for line in raw_path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -83,6 +84,7 @@ def top_costs(raw_path: Path, limit: int = 15) -> dict[str, object]:
             continue
         samples += count
         own[frames[-1]] += count
+        packages[_package(frames[-1])] += count
         for function in set(frames):
             total[function] += count
 
@@ -90,4 +92,15 @@ def top_costs(raw_path: Path, limit: int = 15) -> dict[str, object]:
         return [{"function": name, "percent": round(100.0 * n / samples, 1), "samples": n}
                 for name, n in counter.most_common(limit)]
 
-    return {"samples": samples, "self": share(own) if samples else [], "total": share(total) if samples else []}
+    if not samples:
+        return {"samples": 0, "self": [], "total": [], "self_by_package": []}
+    return {"samples": samples, "self": share(own), "total": share(total), "self_by_package": share(packages)}
+
+
+def _package(function: str) -> str:
+    """`pack_command (redis/asyncio/connection.py)` → `redis`; the event loop's own C code shows as
+    time in `Runner.run` (uvloop runs callbacks below it)."""
+    if function.startswith("Runner.run ("):
+        return "uvloop (C: loop, sockets, callbacks)"
+    file = function.rpartition("(")[2].rstrip(")")
+    return file.split("/", 1)[0] if "/" in file else file
