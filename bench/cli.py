@@ -118,7 +118,7 @@ class BenchRun:
                 sipp = Sipp(self.work_dir, processes, target_port=service.sip_port, password=tenant.user_password,
                             local_port=free_port())
                 ladder = Ladder(service, sipp, meter, self.args.probe_rate / (2 if self.args.smoke else 1),
-                                tenant.user_password, lambda: webhook_counts(webhook_port))
+                                tenant.user_password, lambda: webhook_counts(webhook_port), redis.command_calls)
                 self.idle_cpu = await ladder.idle_cpu(1.0 if self.args.smoke else 3.0)
                 say(f"[bench] idle CPU, share of one core: {self.idle_cpu}")
                 results = await self._climb(ladder, service)

@@ -173,6 +173,12 @@ class BenchRedis:
         pid = info.get("process_id")
         return int(pid) if pid is not None else None
 
+    async def command_calls(self) -> dict[str, int]:
+        """Calls per command since the server started (INFO commandstats; server-wide, all databases)."""
+        stats = await self.client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()
+                if isinstance(value, dict) and "calls" in value}
+
     async def used_memory_bytes(self) -> int:
         return int((await self.client.info("memory"))["used_memory"])
 

@@ -36,6 +36,7 @@ class StepResult:
     bench_client_cpu_s: float
     webhook_counts: dict[str, int] = field(default_factory=dict)
     udp_errors: dict[str, int] = field(default_factory=dict)
+    redis_calls: dict[str, int] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -67,7 +68,16 @@ class StepResult:
             "cpu_us_per_op": self.cpu_us_per_op(),
             "webhook": self.webhook_counts,
             "udp_errors": self.udp_errors,
+            "redis_calls_per_op": self.redis_calls_per_op(),
         }
+
+    def redis_calls_per_op(self) -> dict[str, float]:
+        """Redis commands per registration (or OPTIONS), most frequent first, with their sum."""
+        if not self.operations:
+            return {}
+        ordered = sorted(self.redis_calls.items(), key=lambda item: -item[1])
+        per = {name: round(calls / self.operations, 3) for name, calls in ordered if calls}
+        return {"all": round(sum(self.redis_calls.values()) / self.operations, 3), **per}
 
 
 def judge(step: StepResult, service: RunningService) -> list[str]:
@@ -92,6 +102,10 @@ def judge(step: StepResult, service: RunningService) -> list[str]:
     return reasons
 
 
+def _minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {name: count - before.get(name, 0) for name, count in after.items() if count - before.get(name, 0)}
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -112,6 +126,7 @@ class Ladder:
     probe_rate_per_s: float
     user_password: str
     webhook_counts: Callable[[], Awaitable[dict[str, int]]]
+    redis_calls: Callable[[], Awaitable[dict[str, int]]]
     next_user: int = 0
 
     async def step(self, kind: str, rate_per_s: int, duration_s: float,
@@ -121,7 +136,7 @@ class Ladder:
         first_user = self.next_user
         if kind == "register":
             self.next_user += round(rate_per_s * duration_s)
-        hook_before, udp_before = await self.webhook_counts(), udp_errors()
+        hook_before, udp_before, calls_before = await self.webhook_counts(), udp_errors(), await self.redis_calls()
         stop_probe = asyncio.Event()
         async with Probe(self.service.sip_port, kind=kind, password=self.user_password) as probe:
             before, sipp_before, self_before = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
@@ -134,12 +149,12 @@ class Ladder:
                 finally:
                     stop_probe.set()
             after, sipp_after, self_after = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
-        hook_after, udp_after = await self.webhook_counts(), udp_errors()
+        hook_after, udp_after, calls_after = await self.webhook_counts(), udp_errors(), await self.redis_calls()
         step = StepResult(kind, rate_per_s, run, probe_task.result(), CpuSpent.between(before, after),
                           sipp_cpu_s=sipp_after - sipp_before, bench_client_cpu_s=self_after - self_before,
-                          webhook_counts={k: v - hook_before.get(k, 0) for k, v in hook_after.items()
-                                          if v - hook_before.get(k, 0)},
-                          udp_errors={k: v - udp_before.get(k, 0) for k, v in udp_after.items()})
+                          webhook_counts=_minus(hook_after, hook_before),
+                          udp_errors={k: v - udp_before.get(k, 0) for k, v in udp_after.items()},
+                          redis_calls=_minus(calls_after, calls_before))
         step.reasons = judge(step, self.service)
         return step
 

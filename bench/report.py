@@ -76,7 +76,8 @@ def step_line(step: StepResult) -> str:
     return (f"[bench] {step.kind:8} {step.rate_per_s:6}/s  sipp {step.sipp.successful}/{step.sipp.calls} ok "
             f"({step.sipp.achieved_per_s:.0f}/s, {step.sipp.retransmissions} retrans)  probe p50 "
             f"{probe['p50_ms']} p99 {probe['p99_ms']} ms  cpu us/op service {cpu['service']} redis "
-            f"{cpu['redis']} webhook {cpu['webhook']} all {cpu['system']}  udp drops "
+            f"{cpu['redis']} webhook {cpu['webhook']} all {cpu['system']}  redis calls/op "
+            f"{step.redis_calls_per_op().get('all')}  udp drops "
             f"{step.udp_errors.get('RcvbufErrors', 0)}  {verdict}")
 
 
