@@ -5,14 +5,17 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-# Consumer groups, one per processor or projection.
+# Consumer groups. The processors role reads `requests` with one group (registrar and heartbeat
+# behind one consumer); the projections role reads `registrations` and `requests` with another
+# (registrations and history); alerts have their own, since InfluxDB may be down when Redis is not.
+GROUP_PROCESSORS = "processors"
+GROUP_PROJECTIONS = "projections"
+GROUP_ALERTS_PROJECTION = "projection-alerts"
+# Groups that tests and tools use to run one handler alone.
 GROUP_REGISTRAR = "registrar"
 GROUP_HEARTBEAT = "heartbeat"
-GROUP_EXPIRY = "expiry"
 GROUP_REGISTRATIONS_PROJECTION = "projection-registrations"
-GROUP_SERVERS_PROJECTION = "projection-servers"
 GROUP_HISTORY_PROJECTION = "projection-history"
-GROUP_ALERTS_PROJECTION = "projection-alerts"
 
 # Keys that jambonz itself reads (SPEC 5.6): no cluster prefix on these two.
 ACTIVE_USER_KEY = "active-user"

@@ -9,18 +9,28 @@ if TYPE_CHECKING:
 
 
 def build(services: Services) -> list[Worker]:
-    """The processors role: registrar, heartbeat (with server expiry) and registration expiry."""
-    from events.streams import GROUP_REGISTRAR
-    from processors import expiry, heartbeat
+    """The processors role: registrar and heartbeat behind one consumer of `requests`, and the sweepers."""
+    from events.streams import GROUP_PROCESSORS
+    from processors.expiry import ExpirySweeper
+    from processors.heartbeat import Heartbeat, ServerExpiry
     from processors.registrar import Registrar, RegistrarConfig
     from runtime.consumer import Consumer
+    from runtime.handling import Fanout
 
     assert services.mysql is not None and services.http is not None, "processors need MySQL and HTTP"
-    registrar = Registrar(RegistrarConfig.from_settings(services.settings), services.redis, services.mysql,
-                          services.http, services.clock)
-    workers: list[Worker] = [
-        Consumer(services.eventlog, services.names.requests, GROUP_REGISTRAR, registrar),
+    settings = services.settings
+    registrar = Registrar(
+        RegistrarConfig.from_settings(settings), services.redis, services.mysql, services.http, services.clock
+    )
+    heartbeat = Heartbeat(services.redis, services.names, services.clock)
+    return [
+        Consumer(services.eventlog, services.names.requests, GROUP_PROCESSORS, Fanout(registrar, heartbeat)),
+        ServerExpiry(
+            services.redis,
+            services.eventlog,
+            expires_interval_ms=settings.expires_interval_ms,
+            check_interval_ms=settings.check_expires_interval_ms,
+            clock=services.clock,
+        ),
+        ExpirySweeper(services.redis, services.names, settings.eventlog.retention_s, clock=services.clock),
     ]
-    workers += heartbeat.build(services)
-    workers += expiry.build(services)
-    return workers

@@ -1,4 +1,4 @@
-"""Projections: Redis (and later InfluxDB) state derived from the events, idempotent and rebuildable."""
+"""Projections: Redis (and InfluxDB) state derived from the events, idempotent and rebuildable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,20 @@ if TYPE_CHECKING:
 
 
 def build(services: Services) -> list[Worker]:
-    """The projections role: registrations (user:<aor>, active-user), per-AOR history, InfluxDB alerts."""
-    from projections import alerts, history, registrations
+    """The projections role: registrations and history behind one consumer; InfluxDB alerts beside it."""
+    from events.streams import GROUP_PROJECTIONS
+    from projections import alerts
+    from projections.history import HistoryProjection
+    from projections.registrations import RegistrationsProjection
+    from runtime.consumer import Consumer
+    from runtime.handling import Fanout
 
-    return [*registrations.build(services), *history.build(services), *alerts.build(services)]
+    names = services.names
+    handler = Fanout(
+        RegistrationsProjection(names, services.clock),
+        HistoryProjection(names, services.settings.eventlog.retention_s),
+    )
+    return [
+        Consumer(services.eventlog, [names.registrations, names.requests], GROUP_PROJECTIONS, handler),
+        *alerts.build(services),
+    ]

@@ -24,11 +24,8 @@ from events import (
     RegistrationRemoved,
     StreamNames,
 )
-from events.streams import GROUP_HISTORY_PROJECTION
 from runtime.connections import open_redis
-from runtime.consumer import Consumer
 from runtime.handling import Delivery, Outcome, RedisCommand
-from runtime.services import Services, Worker
 from runtime.settings import Settings
 
 _json = msgspec.json.Encoder()
@@ -117,32 +114,13 @@ class HistoryProjection:
         return [Outcome(writes=self.commands_for(d.entry_id, d.event)) for d in deliveries]
 
 
-def build(services: Services) -> list[Worker]:
-    projection = HistoryProjection(services.names, services.settings.eventlog.retention_s)
-    names = services.names
-    return [
-        Consumer(
-            services.eventlog,
-            stream,
-            GROUP_HISTORY_PROJECTION,
-            projection,
-            name=f"{GROUP_HISTORY_PROJECTION}-{kind}-{services.settings.ingest_id}",
-        )
-        for kind, stream in (("requests", names.requests), ("registrations", names.registrations))
-    ]
-
-
 def describe_step(step: dict[str, object]) -> str:
     """One human line for one step of the story."""
     at = datetime.fromisoformat(str(step["at"])).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     kind = step["type"]
     source = step.get("source", "")
     if kind == "RegisterReceived":
-        creds = (
-            f"with credentials of {step.get('username')}"
-            if step.get("credentials")
-            else "without credentials"
-        )
+        creds = f"with credentials of {step.get('username')}" if step.get("credentials") else "without credentials"
         text = f"REGISTER from {source} over {step.get('transport')}, expires={step.get('expires')}, {creds}"
     elif kind == "RegisterChallenged":
         text = "401 Unauthorized: challenged" + (" (stale nonce)" if step.get("stale") else "")

@@ -20,11 +20,9 @@ from events import (
     StreamNames,
     user_key,
 )
-from events.streams import ACTIVE_USER_KEY, GROUP_REGISTRATIONS_PROJECTION
-from runtime.consumer import Consumer
+from events.streams import ACTIVE_USER_KEY
 from runtime.handling import Delivery, Outcome, RedisCommand
 from runtime.redis_scripts import Script
-from runtime.services import Services, Worker
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +93,7 @@ def binding_record(event: RegistrationGranted) -> bytes:
 class RegistrationsProjection:
     """Builds the Redis writes for a batch of registration facts (run in the consumer's commit)."""
 
-    def __init__(
-        self, names: StreamNames, clock: Callable[[], float] = time.time, *, replay: bool = False
-    ) -> None:
+    def __init__(self, names: StreamNames, clock: Callable[[], float] = time.time, *, replay: bool = False) -> None:
         self.names = names
         self.clock = clock
         self.replay = replay  # replay: the TTL is what is left of the grant, not the grant itself
@@ -131,16 +127,3 @@ class RegistrationsProjection:
 
     async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         return [Outcome(writes=self.commands_for(d.entry_id, d.event)) for d in deliveries]
-
-
-def build(services: Services) -> list[Worker]:
-    projection = RegistrationsProjection(services.names, services.clock)
-    return [
-        Consumer(
-            services.eventlog,
-            services.names.registrations,
-            GROUP_REGISTRATIONS_PROJECTION,
-            projection,
-            name=f"{GROUP_REGISTRATIONS_PROJECTION}-{services.settings.ingest_id}",
-        )
-    ]

@@ -31,7 +31,7 @@ async def replay_registrations(eventlog: EventLog, clock: object = time.time) ->
     await redis.execute_command("SCRIPT", "LOAD", APPLY_SCRIPT.source)
     for start in range(0, len(stored), CHUNK):
         pipe = redis.pipeline(transaction=False)
-        for item in stored[start:start + CHUNK]:
+        for item in stored[start : start + CHUNK]:
             event = item.event
             for command in projection.commands_for(item.entry_id, event):
                 pipe.execute_command(*command)

@@ -103,13 +103,11 @@ def writes_for(fact: ServerFact, names: StreamNames) -> list[RedisCommand]:
 
 def _add(names: StreamNames, kind: ExpiringKind, member: str, at_ms: int) -> list[RedisCommand]:
     # GT: a late or replayed check-in never moves a last-seen time backwards.
-    return [("SADD", server_set(names, kind), member),
-            ("ZADD", names.server_last_seen(kind), "GT", at_ms, member)]
+    return [("SADD", server_set(names, kind), member), ("ZADD", names.server_last_seen(kind), "GT", at_ms, member)]
 
 
 def _remove(names: StreamNames, kind: ExpiringKind, member: str) -> list[RedisCommand]:
-    return [("SREM", server_set(names, kind), member),
-            ("ZREM", names.server_last_seen(kind), member)]
+    return [("SREM", server_set(names, kind), member), ("ZREM", names.server_last_seen(kind), member)]
 
 
 class Membership:

@@ -5,6 +5,10 @@ visible until its MULTI/EXEC, so a consumer that dies between handling and commi
 its entries pending, and a peer re-claims them (XPENDING IDLE + XCLAIM) once they have been
 idle for `claim_idle_ms`. An entry delivered `max_deliveries` times, or one that cannot be
 decoded, is moved to the dead stream with its error.
+
+One consumer may follow several streams with one group: a single XREADGROUP reads them all
+and a single commit acknowledges them, so a role pays one round trip per batch, not one per
+stream.
 """
 
 from __future__ import annotations
@@ -39,18 +43,26 @@ class ConsumerStats:
 
 
 @dataclass(slots=True)
+class _Dead:
+    stream: str
+    entry: RawEntry
+    error: str
+    deliveries: int
+
+
+@dataclass(slots=True)
 class _Batch:
     deliveries: list[Delivery] = field(default_factory=list)
-    dead: list[tuple[RawEntry, str, int]] = field(default_factory=list)  # entry, error, deliveries
+    dead: list[_Dead] = field(default_factory=list)
 
 
 class Consumer:
-    """Runs one handler for one consumer group of one stream until `stop()`."""
+    """Runs one handler for one consumer group over one or more streams until `stop()`."""
 
     def __init__(
         self,
         eventlog: EventLog,
-        stream: str,
+        stream: str | Sequence[str],
         group: str,
         handler: BatchHandler,
         *,
@@ -58,7 +70,7 @@ class Consumer:
         block_ms: int | None = None,
     ) -> None:
         self.log = eventlog
-        self.stream = stream
+        self.streams = [stream] if isinstance(stream, str) else list(stream)
         self.group = group
         self.handler = handler
         self.name = name or f"{group}-{os.getpid()}-{os.urandom(3).hex()}"
@@ -68,12 +80,18 @@ class Consumer:
         self.claim_idle_ms = settings.claim_idle_ms
         self.max_deliveries = settings.max_deliveries
         self.stats = ConsumerStats()
-        self.metrics_name = f"consumer_{group}_{stream.rsplit(':', 1)[-1]}"
+        self.metrics_name = f"consumer_{group}"
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._next_claim = 0.0
-        self._failures: dict[str, str] = {}  # entry id -> last error, for the dead letter
+        self._failures: dict[str, str] = {}  # "<stream>|<id>" -> last error, for the dead letter
         self._failures_key = eventlog.names.failures(group)
+        self._positions = {s: ">" for s in self.streams}
+
+    @property
+    def stream(self) -> str:
+        """The first (usually the only) stream followed."""
+        return self.streams[0]
 
     def metrics(self) -> dict[str, float]:
         return {key: getattr(self.stats, key) for key in self.stats.__slots__}  # type: ignore[attr-defined]
@@ -87,9 +105,10 @@ class Consumer:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        await self.log.ensure_group(self.stream, self.group)
+        for stream in self.streams:
+            await self.log.ensure_group(stream, self.group)
         self.ready.set()
-        log.info("consumer started stream=%s group=%s name=%s", self.stream, self.group, self.name)
+        log.info("consumer started streams=%s group=%s name=%s", ",".join(self.streams), self.group, self.name)
         backoff = 0.05
         try:
             while not self._stopping.is_set():
@@ -97,9 +116,7 @@ class Consumer:
                     await self.run_once()
                     backoff = 0.05
                 except RedisError as exc:
-                    log.warning(
-                        "consumer store error group=%s error=%s; retrying in %.2fs", self.group, exc, backoff
-                    )
+                    log.warning("consumer store error group=%s error=%s; retrying in %.2fs", self.group, exc, backoff)
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
@@ -124,54 +141,60 @@ class Consumer:
             return 0
         return await self._process(self._as_batch(entries, {}))
 
-    async def _read(self) -> list[RawEntry]:
+    async def _read(self) -> list[tuple[str, RawEntry]]:
         block = None if self._stopping.is_set() else self.block_ms
         response = await self.log.redis.xreadgroup(
-            self.group, self.name, {self.stream: ">"}, count=self.batch_size, block=block
+            self.group, self.name, self._positions, count=self.batch_size, block=block
         )
         if not response:
             return []
-        return list(response[0][1])
+        return [(_text(stream), entry) for stream, entries in response for entry in entries]
 
     async def _claim(self) -> _Batch | None:
         """Re-claims entries idle in any consumer's pending list longer than claim_idle_ms."""
         redis = self.log.redis
-        pending = await redis.xpending_range(
-            self.stream, self.group, min="-", max="+", count=self.batch_size, idle=self.claim_idle_ms
-        )
-        if not pending:
+        claimed: list[tuple[str, RawEntry]] = []
+        counts: dict[str, int] = {}
+        for stream in self.streams:
+            pending = await redis.xpending_range(
+                stream, self.group, min="-", max="+", count=self.batch_size, idle=self.claim_idle_ms
+            )
+            if not pending:
+                continue
+            ids = [p["message_id"] for p in pending]
+            for p in pending:
+                counts[_key(stream, p["message_id"])] = int(p["times_delivered"]) + 1
+            entries = await redis.xclaim(stream, self.group, self.name, self.claim_idle_ms, ids)
+            claimed += [(stream, entry) for entry in entries if entry[1] is not None]
+        if not claimed:
             return None
-        ids = [p["message_id"] for p in pending]
-        counts = {_text(p["message_id"]): int(p["times_delivered"]) + 1 for p in pending}
-        claimed = await redis.xclaim(self.stream, self.group, self.name, self.claim_idle_ms, ids)
-        entries = [entry for entry in claimed if entry[1] is not None]
-        if not entries:
-            return None
-        self.stats.claimed += len(entries)
-        log.info("re-claimed entries group=%s count=%d", self.group, len(entries))
-        over = [_text(e[0]) for e in entries if counts.get(_text(e[0]), 1) > self.max_deliveries]
+        self.stats.claimed += len(claimed)
+        log.info("re-claimed entries group=%s count=%d", self.group, len(claimed))
+        over = [_key(s, e[0]) for s, e in claimed if counts.get(_key(s, e[0]), 1) > self.max_deliveries]
         if over:
             errors = await redis.hmget(self._failures_key, over)
-            for entry_id, error in zip(over, errors, strict=True):
+            for key, error in zip(over, errors, strict=True):
                 if error is not None:
-                    self._failures[entry_id] = _text(error)
-        return self._as_batch(entries, counts)
+                    self._failures[key] = _text(error)
+        return self._as_batch(claimed, counts)
 
-    def _as_batch(self, entries: Sequence[RawEntry], counts: dict[str, int]) -> _Batch:
+    def _as_batch(self, entries: Sequence[tuple[str, RawEntry]], counts: dict[str, int]) -> _Batch:
         batch = _Batch()
-        for entry in entries:
+        decode = self.log.codec.decode
+        for stream, entry in entries:
             entry_id = _text(entry[0])
-            count = counts.get(entry_id, 1)
+            key = _key(stream, entry_id)
+            count = counts.get(key, 1)
             if count > self.max_deliveries:
-                error = self._failures.get(entry_id, "handler did not finish (consumer lost or timed out)")
-                batch.dead.append((entry, f"gave up after {count - 1} deliveries: {error}", count - 1))
+                error = self._failures.get(key, "handler did not finish (consumer lost or timed out)")
+                batch.dead.append(_Dead(stream, entry, f"gave up after {count - 1} deliveries: {error}", count - 1))
                 continue
             try:
-                event = self.log.codec.decode(entry[1])
+                event = decode(entry[1])
             except EventDecodeError as exc:
-                batch.dead.append((entry, f"decode error: {exc}", count))
+                batch.dead.append(_Dead(stream, entry, f"decode error: {exc}", count))
                 continue
-            batch.deliveries.append(Delivery(self.stream, entry_id, event, count))
+            batch.deliveries.append(Delivery(stream, entry_id, event, count))
         return batch
 
     async def _process(self, batch: _Batch | None) -> int:
@@ -182,8 +205,7 @@ class Consumer:
             results = await self.handler.handle(batch.deliveries)
             if len(results) != len(batch.deliveries):
                 raise RuntimeError(
-                    f"handler of {self.group} returned {len(results)} results "
-                    f"for {len(batch.deliveries)} deliveries"
+                    f"handler of {self.group} returned {len(results)} results for {len(batch.deliveries)} deliveries"
                 )
         await self._commit(batch, results)
         self.stats.batches += 1
@@ -195,13 +217,14 @@ class Consumer:
         writes = [c for r in results if isinstance(r, Outcome) for c in r.writes]
         for script in scripts_used(writes):
             pipe.execute_command("SCRIPT", "LOAD", script.source)
-        acked: list[str] = []
+        acked: dict[str, list[str]] = {}
         failed = 0
         for delivery, result in zip(batch.deliveries, results, strict=True):
+            key = _key(delivery.stream, delivery.entry_id)
             if isinstance(result, BaseException):
                 failed += 1
-                self._failures[delivery.entry_id] = f"{type(result).__name__}: {result}"
-                pipe.hset(self._failures_key, delivery.entry_id, self._failures[delivery.entry_id])
+                self._failures[key] = f"{type(result).__name__}: {result}"
+                pipe.hset(self._failures_key, key, self._failures[key])
                 log.warning(
                     "handler failed group=%s id=%s type=%s delivery=%d error=%r",
                     self.group,
@@ -215,36 +238,38 @@ class Consumer:
                 pipe.execute_command(*self.log.xadd_command(stream, event))
             for command in result.writes:
                 pipe.execute_command(*command)
-            acked.append(delivery.entry_id)
+            acked.setdefault(delivery.stream, []).append(delivery.entry_id)
             if delivery.delivery_count > 1:
-                pipe.hdel(self._failures_key, delivery.entry_id)
-        for entry, error, count in batch.dead:
-            entry_id = _text(entry[0])
-            fields: dict[bytes | str, bytes | str | int] = dict(entry[1])
+                pipe.hdel(self._failures_key, key)
+        for dead in batch.dead:
+            entry_id = _text(dead.entry[0])
+            fields: dict[bytes | str, bytes | str | int] = dict(dead.entry[1])
             fields.update(
                 {
-                    "dead_error": error,
-                    "dead_stream": self.stream,
+                    "dead_error": dead.error,
+                    "dead_stream": dead.stream,
                     "dead_id": entry_id,
                     "dead_group": self.group,
-                    "dead_deliveries": count,
+                    "dead_deliveries": dead.deliveries,
                 }
             )
             pipe.xadd(self.log.names.dead, fields, maxlen=100_000, approximate=True)
-            acked.append(entry_id)
-            self._failures.pop(entry_id, None)
-            log.error("entry moved to dead stream group=%s id=%s error=%s", self.group, entry_id, error)
-        if batch.dead:
-            pipe.hdel(self._failures_key, *(_text(entry[0]) for entry, _, _ in batch.dead))
-        if acked:
-            pipe.xack(self.stream, self.group, *acked)
-            pipe.hset(self.log.names.checkpoint(self.group), self.stream, acked[-1])
+            pipe.hdel(self._failures_key, _key(dead.stream, entry_id))
+            acked.setdefault(dead.stream, []).append(entry_id)
+            self._failures.pop(_key(dead.stream, entry_id), None)
+            log.error("entry moved to dead stream group=%s id=%s error=%s", self.group, entry_id, dead.error)
+        for stream, ids in acked.items():
+            pipe.xack(stream, self.group, *ids)
+            pipe.hset(self.log.names.checkpoint(self.group), stream, ids[-1])
         if not acked and not failed:
             return
         await pipe.execute()
-        for entry_id in acked:
-            self._failures.pop(entry_id, None)
-        self.stats.committed += len(acked) - len(batch.dead)
+        if self._failures:
+            for stream, ids in acked.items():
+                for entry_id in ids:
+                    self._failures.pop(_key(stream, entry_id), None)
+        total = sum(len(ids) for ids in acked.values())
+        self.stats.committed += total - len(batch.dead)
         self.stats.dead += len(batch.dead)
         self.stats.failed += failed
 
@@ -258,3 +283,7 @@ class Consumer:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _key(stream: str, entry_id: bytes | str) -> str:
+    return f"{stream}|{_text(entry_id)}"

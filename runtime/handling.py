@@ -57,3 +57,33 @@ class ConcurrentHandler:
             if isinstance(result, asyncio.CancelledError):
                 raise result
         return results
+
+
+class Fanout:
+    """Several handlers behind one consumer group: each sees the whole batch, their outcomes are merged.
+
+    One read and one commit serve them all (DESIGN 10: a round trip per event and group costs more
+    than the budget). A delivery fails if any handler failed it; each handler ignores what is not
+    its business.
+    """
+
+    def __init__(self, *handlers: BatchHandler) -> None:
+        self.handlers = handlers
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]:
+        if len(self.handlers) == 1:
+            return await self.handlers[0].handle(deliveries)
+        per_handler = await asyncio.gather(*(h.handle(deliveries) for h in self.handlers))
+        merged: list[Outcome | BaseException] = []
+        for index in range(len(deliveries)):
+            outcome = Outcome()
+            failure: BaseException | None = None
+            for results in per_handler:
+                result = results[index]
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                else:
+                    outcome.appends.extend(result.appends)
+                    outcome.writes.extend(result.writes)
+            merged.append(failure if failure is not None else outcome)
+        return merged

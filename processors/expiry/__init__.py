@@ -1,5 +1,5 @@
 """The expiry processor: RegistrationExpired when a binding lapses without refresh."""
 
-from processors.expiry.sweeper import ExpirySweeper, build
+from processors.expiry.sweeper import ExpirySweeper
 
-__all__ = ["ExpirySweeper", "build"]
+__all__ = ["ExpirySweeper"]

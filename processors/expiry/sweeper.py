@@ -19,7 +19,6 @@ from redis.exceptions import RedisError
 from events import StreamNames, new_event_id
 from events.envelope import utc_now
 from runtime.redis_scripts import Script
-from runtime.services import Services, Worker
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +51,16 @@ class ExpirySweeper:
 
     name = "expiry"
 
-    def __init__(self, redis: Redis, names: StreamNames, retention_s: int, *, interval_s: float = 1.0,
-                 batch: int = 200, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        names: StreamNames,
+        retention_s: int,
+        *,
+        interval_s: float = 1.0,
+        batch: int = 200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = redis
         self.names = names
         self.retention_s = retention_s
@@ -98,8 +105,3 @@ class ExpirySweeper:
                     await self._stop.wait()
             except TimeoutError:
                 pass
-
-
-def build(services: Services) -> list[Worker]:
-    return [ExpirySweeper(services.redis, services.names, services.settings.eventlog.retention_s,
-                          clock=services.clock)]

@@ -65,17 +65,34 @@ def decide(
     status = options.rtp_status if kind == "rtp" else options.fs_status
     assert status is not None
     member = options.source_ip if kind == "rtp" else fs_member(options.source_ip, options.source_port)
-    drained = (kind == "fs" and status == OPEN and is_ip_address(options.source_ip)
-               and ip_key(options.source_ip) in drained_ips)
+    drained = (
+        kind == "fs"
+        and status == OPEN
+        and is_ip_address(options.source_ip)
+        and ip_key(options.source_ip) in drained_ips
+    )
     envelope = _envelope(options, cause_id, now)
     fact: ServerCheckedIn | ServerLeft
     if status == OPEN and not drained:
-        fact = ServerCheckedIn(**envelope, kind=kind, member=member, ip=options.source_ip,
-                               port=options.source_port, service_url=options.fs_service_url or None)
+        fact = ServerCheckedIn(
+            **envelope,
+            kind=kind,
+            member=member,
+            ip=options.source_ip,
+            port=options.source_port,
+            service_url=options.fs_service_url or None,
+        )
     else:
-        fact = ServerLeft(**envelope, kind=kind, member=member, ip=options.source_ip,
-                          port=options.source_port, service_url=options.fs_service_url or None,
-                          status=CLOSED if drained else status, drained=drained)
+        fact = ServerLeft(
+            **envelope,
+            kind=kind,
+            member=member,
+            ip=options.source_ip,
+            port=options.source_port,
+            service_url=options.fs_service_url or None,
+            status=CLOSED if drained else status,
+            drained=drained,
+        )
     members = membership.count_after(fact)
     return Decision(fact, _reply(options, cause_id, now, 200, "OK", [("X-Members", str(members))]))
 
@@ -94,10 +111,12 @@ class _Envelope(TypedDict):
 
 def _envelope(options: OptionsReceived, cause_id: str, now: datetime) -> _Envelope:
     """The request's story goes on: same correlation id, caused by the request's entry."""
-    return _Envelope(event_id=new_event_id(), occurred_at=now, correlation_id=options.correlation_id,
-                     causation_id=cause_id)
+    return _Envelope(
+        event_id=new_event_id(), occurred_at=now, correlation_id=options.correlation_id, causation_id=cause_id
+    )
 
 
-def _reply(options: OptionsReceived, cause_id: str, now: datetime, status: int, reason: str,
-           headers: list[tuple[str, str]]) -> ReplyIssued:
+def _reply(
+    options: OptionsReceived, cause_id: str, now: datetime, status: int, reason: str, headers: list[tuple[str, str]]
+) -> ReplyIssued:
     return ReplyIssued(**_envelope(options, cause_id, now), status=status, reason=reason, headers=headers)

@@ -88,8 +88,7 @@ class ServerExpiry:
 
     async def run(self) -> None:
         """Adopts the members already in the sets, then sweeps one interval later and every interval."""
-        log.info("server expiry started expires_ms=%d check_ms=%d", self.expires_interval_ms,
-                 self.check_interval_ms)
+        log.info("server expiry started expires_ms=%d check_ms=%d", self.expires_interval_ms, self.check_interval_ms)
         while not self._stopping.is_set():
             if not await self._guarded(self.adopt_unseen()):
                 await self._sleep(self.check_interval_ms / 1000)
@@ -147,13 +146,12 @@ class ServerExpiry:
         self.expired += len(expired)
         return expired
 
-    async def _sweep_kind(
-        self, kind: ExpiringKind, limit_ms: int, now_ms: int
-    ) -> tuple[list[ServerExpired], int]:
+    async def _sweep_kind(self, kind: ExpiringKind, limit_ms: int, now_ms: int) -> tuple[list[ServerExpired], int]:
         now = datetime.fromtimestamp(now_ms / 1000, UTC)
         seen_key = self.names.server_last_seen(kind)
         lapsed: Sequence[tuple[bytes, float]] = await self.redis.zrangebyscore(  # type: ignore[assignment]
-            seen_key, "-inf", f"({limit_ms}", start=0, num=SWEEP_BATCH, withscores=True)
+            seen_key, "-inf", f"({limit_ms}", start=0, num=SWEEP_BATCH, withscores=True
+        )
         if not lapsed:
             return [], 0
         prepared: dict[str, ServerExpired] = {}
@@ -161,19 +159,23 @@ class ServerExpiry:
         for raw, score in lapsed:
             member = raw.decode()
             event_id = new_event_id()
-            event = ServerExpired(event_id=event_id, occurred_at=now, correlation_id=event_id, kind=kind,
-                                  member=member, last_seen_ms=int(score))
+            event = ServerExpired(
+                event_id=event_id,
+                occurred_at=now,
+                correlation_id=event_id,
+                kind=kind,
+                member=member,
+                last_seen_ms=int(score),
+            )
             # The XADD as the event log writes it (trimming included), less the command and stream.
             command = self.eventlog.xadd_command(self.names.servers, event)
             xadd = cast(list[bytes | str | int | float], command[2:])
             prepared[member] = event
             args += [member, len(xadd), *xadd]
         keys = [seen_key, server_set(self.names, kind), self.names.servers]
-        removed = [prepared[m.decode() if isinstance(m, bytes) else m]
-                   for m in await self._claim(keys=keys, args=args)]
+        removed = [prepared[m.decode() if isinstance(m, bytes) else m] for m in await self._claim(keys=keys, args=args)]
         for event in removed:
-            log.info("server expired kind=%s member=%s last_seen_ms=%d", kind, event.member,
-                     event.last_seen_ms)
+            log.info("server expired kind=%s member=%s last_seen_ms=%d", kind, event.member, event.last_seen_ms)
         return removed, len(lapsed)
 
     async def _sleep(self, seconds: float) -> None:

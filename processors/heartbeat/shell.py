@@ -58,13 +58,11 @@ class Heartbeat:
         membership = Membership({"fs": _texts(fs), "rtp": _texts(rtp), SERVICE_URL: _texts(urls)})
         return membership, frozenset(ip_key(ip) for ip in _texts(drained))
 
-    def _decide(self, delivery: Delivery, membership: Membership, drained: frozenset[str],
-                now: datetime) -> Outcome:
+    def _decide(self, delivery: Delivery, membership: Membership, drained: frozenset[str], now: datetime) -> Outcome:
         options = delivery.event
         if not isinstance(options, OptionsReceived):
             return Outcome()
-        decision = decide(options, cause_id=delivery.entry_id, membership=membership, drained_ips=drained,
-                          now=now)
+        decision = decide(options, cause_id=delivery.entry_id, membership=membership, drained_ips=drained, now=now)
         outcome = Outcome(appends=[(self.names.replies(options.reply_to), decision.reply)])
         fact = decision.fact
         if fact is None:
@@ -75,11 +73,21 @@ class Heartbeat:
         outcome.writes.extend(writes_for(fact, self.names))
         if membership.count(fact.kind) != previous:
             if isinstance(fact, ServerCheckedIn):
-                log.info("server checked in kind=%s member=%s members=%d", fact.kind, fact.member,
-                         membership.count(fact.kind))
+                log.info(
+                    "server checked in kind=%s member=%s members=%d",
+                    fact.kind,
+                    fact.member,
+                    membership.count(fact.kind),
+                )
             else:
-                log.info("server left kind=%s member=%s status=%s drained=%s members=%d", fact.kind,
-                         fact.member, fact.status, fact.drained, membership.count(fact.kind))
+                log.info(
+                    "server left kind=%s member=%s status=%s drained=%s members=%d",
+                    fact.kind,
+                    fact.member,
+                    fact.status,
+                    fact.drained,
+                    membership.count(fact.kind),
+                )
         return outcome
 
     def _failed(self, delivery: Delivery, now: datetime) -> Outcome:

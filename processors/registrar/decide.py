@@ -252,9 +252,7 @@ def check_account(
         if account.refused:
             # jambonz lets the request through on ECONNREFUSED, without an account, so the
             # digest step answers "Unknown or invalid realm" (in hosted mode too).
-            return sit.reject(
-                403, f"account lookup could not connect: {account.detail}", x_reason=REASON_UNKNOWN_REALM
-            )
+            return sit.reject(403, f"account lookup could not connect: {account.detail}", x_reason=REASON_UNKNOWN_REALM)
         return sit.reject(500, f"account lookup failed: {account.detail}")
     if account is NOT_FOUND:
         if hosting:
@@ -379,9 +377,7 @@ def judge_webhook(
         else:
             x_reason = REASON_INVALID_CREDENTIALS
         headers = merge_headers([(X_REASON, x_reason)], body.get("headers"))
-        return sit.reject(
-            403, f"webhook status {result!r}", x_reason=x_reason, headers=headers, account=account
-        )
+        return sit.reject(403, f"webhook status {result!r}", x_reason=x_reason, headers=headers, account=account)
     return grant_from_webhook(body)
 
 

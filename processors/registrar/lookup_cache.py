@@ -24,9 +24,7 @@ class LookupAbandoned(StoreUnavailable):
 
 
 class TtlCache(Generic[K, V]):
-    def __init__(
-        self, ttl_s: float, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, ttl_s: float, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         if ttl_s < 0:
             raise ValueError("ttl_s must not be negative")
         self._ttl_s = ttl_s

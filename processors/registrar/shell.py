@@ -126,9 +126,7 @@ class Registrar:
             for i, _ in registers:
                 results[i] = exc
             return results
-        decided = await asyncio.gather(
-            *(self._handle_one(d, bindings) for _, d in registers), return_exceptions=True
-        )
+        decided = await asyncio.gather(*(self._handle_one(d, bindings) for _, d in registers), return_exceptions=True)
         for (i, _), result in zip(registers, decided, strict=True):
             if isinstance(result, asyncio.CancelledError):
                 raise result
