@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events import EventCodec, ReplyIssued
+from runtime.eventlog import StreamReader
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,11 @@ class ReplyRouter:
 
     name = "replies"
 
-    def __init__(self, redis: Redis, codec: EventCodec, stream: str, block_ms: int = 1000) -> None:
+    def __init__(
+        self, redis: Redis, reader: StreamReader, codec: EventCodec, stream: str, block_ms: int = 1000
+    ) -> None:
         self.redis = redis
+        self.reader = reader
         self.codec = codec
         self.stream = stream
         self.block_ms = block_ms
@@ -50,11 +54,18 @@ class ReplyRouter:
         info = await self.redis.xrevrange(self.stream, count=1)
         self._last_id = info[0][0].decode() if info else "0-0"
         self.ready.set()
+        try:
+            await self._read_until_stopped()
+        finally:
+            self.reader.close()
+
+    async def _read_until_stopped(self) -> None:
         backoff = 0.05
         while not (self._stopping and not self._waiters):
             try:
-                response = await self.redis.xread({self.stream: self._last_id}, count=500,
-                                                   block=100 if self._stopping else self.block_ms)
+                response = await self.reader.read(
+                    {self.stream: self._last_id}, count=500, block_ms=100 if self._stopping else self.block_ms
+                )
                 backoff = 0.05
             except RedisError as exc:
                 log.warning("reply stream read failed error=%s; retrying", exc)
@@ -65,7 +76,7 @@ class ReplyRouter:
                 if self._stopping:
                     return
                 continue
-            for entry_id, fields in response[0][1]:
+            for _, (entry_id, fields) in response:
                 self._last_id = entry_id.decode()
                 self._deliver(fields)
 

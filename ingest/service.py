@@ -110,7 +110,12 @@ class IngestWorker:
     def __init__(self, services: Services, front: SipFront) -> None:
         settings = services.settings
         self.front = front
-        self.replies = ReplyRouter(services.redis, services.codec, services.names.replies(settings.ingest_id))
+        self.replies = ReplyRouter(
+            services.redis,
+            services.eventlog.blocking_reader(),
+            services.codec,
+            services.names.replies(settings.ingest_id),
+        )
         self.appender = Appender(services.eventlog)
         self.ingest = Ingest(
             self.appender, self.replies, services.names.requests, settings.ingest_id, settings.reply_timeout_s

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 
 from events import StreamNames, default_codec
-from runtime.connections import open_http, open_mysql, open_redis
+from runtime.connections import open_http, open_mysql, open_redis, resp_link_settings
 from runtime.eventlog import EventLog
 from runtime.health import HealthServer
 from runtime.services import Services, Worker
@@ -64,9 +64,9 @@ async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio
         http = await stack.enter_async_context(open_http(settings.http_user_agent)) if needs_http else None
         names = StreamNames(settings.eventlog.cluster_id)
         codec = default_codec()
-        services = Services(
-            settings, redis, mysql, http, codec, names, EventLog(redis, codec, names, settings.eventlog)
-        )
+        eventlog = EventLog(redis, codec, names, settings.eventlog, resp_link_settings(settings.redis))
+        stack.callback(eventlog.close)
+        services = Services(settings, redis, mysql, http, codec, names, eventlog)
         await _wait_stores(services)
         builders = role_builders()
         staged: list[list[Worker]] = [builders[role](services) for role in ROLES if role in roles]

@@ -13,6 +13,7 @@ import aiomysql
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
+from runtime.resp import LinkSettings
 from runtime.settings import MysqlSettings, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,40 @@ def redis_client(settings: RedisSettings, *, max_connections: int = 64) -> Redis
         sentinel = Sentinel(
             list(settings.sentinels),
             sentinel_kwargs={
-                "password": settings.sentinel_server_password.reveal()
-                if settings.sentinel_server_password
-                else None,
+                "password": settings.sentinel_server_password.reveal() if settings.sentinel_server_password else None,
                 "socket_connect_timeout": 5,
             },
             **{
                 **common,
                 "username": settings.sentinel_username or settings.username,
-                "password": (
-                    settings.sentinel_password.reveal() if settings.sentinel_password else common["password"]
-                ),
+                "password": (settings.sentinel_password.reveal() if settings.sentinel_password else common["password"]),
             },
         )
         assert settings.sentinel_master_name is not None
         return sentinel.master_for(settings.sentinel_master_name, max_connections=max_connections)
     return Redis(host=settings.host, port=settings.port, max_connections=max_connections, **common)
+
+
+def resp_link_settings(settings: RedisSettings) -> LinkSettings | None:
+    """Settings of the event log's lean connections; None where only redis-py will do (Sentinel)."""
+    if settings.sentinels:
+        return None
+    context = None
+    if settings.tls:
+        context = ssl.create_default_context(cafile=settings.tls_ca_file)
+        if settings.tls_cert_file:
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        if not settings.tls_ca_file:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    return LinkSettings(
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        username=settings.username,
+        password=settings.password.reveal() if settings.password else None,
+        ssl_context=context,
+    )
 
 
 @asynccontextmanager
@@ -110,9 +129,7 @@ async def open_mysql(settings: MysqlSettings) -> AsyncIterator[aiomysql.Pool]:
 async def open_http(user_agent: str | None = None, limit: int = 256) -> AsyncIterator[aiohttp.ClientSession]:
     """One pooled keep-alive session for every webhook call of the process."""
     headers = {"User-Agent": user_agent} if user_agent else None
-    connector = aiohttp.TCPConnector(
-        limit=limit, limit_per_host=limit, keepalive_timeout=30, ttl_dns_cache=60
-    )
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=30, ttl_dns_cache=60)
     session = aiohttp.ClientSession(connector=connector, headers=headers)
     try:
         yield session

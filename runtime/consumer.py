@@ -87,6 +87,7 @@ class Consumer:
         self._failures: dict[str, str] = {}  # "<stream>|<id>" -> last error, for the dead letter
         self._failures_key = eventlog.names.failures(group)
         self._positions = {s: ">" for s in self.streams}
+        self._reader = eventlog.blocking_reader()
 
     @property
     def stream(self) -> str:
@@ -120,6 +121,7 @@ class Consumer:
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
+            self._reader.close()
             log.info(
                 "consumer stopped group=%s name=%s committed=%d dead=%d",
                 self.group,
@@ -143,12 +145,7 @@ class Consumer:
 
     async def _read(self) -> list[tuple[str, RawEntry]]:
         block = None if self._stopping.is_set() else self.block_ms
-        response = await self.log.redis.xreadgroup(
-            self.group, self.name, self._positions, count=self.batch_size, block=block
-        )
-        if not response:
-            return []
-        return [(_text(stream), entry) for stream, entries in response for entry in entries]
+        return await self._reader.read_group(self.group, self.name, self._positions, self.batch_size, block)
 
     async def _claim(self) -> _Batch | None:
         """Re-claims entries idle in any consumer's pending list longer than claim_idle_ms."""
@@ -213,18 +210,17 @@ class Consumer:
         return len(batch.deliveries) + len(batch.dead)
 
     async def _commit(self, batch: _Batch, results: Sequence[Outcome | BaseException]) -> None:
-        pipe = self.log.redis.pipeline(transaction=True)
         writes = [c for r in results if isinstance(r, Outcome) for c in r.writes]
-        for script in scripts_used(writes):
-            pipe.execute_command("SCRIPT", "LOAD", script.source)
+        commands: list[Sequence[object]] = [("SCRIPT", "LOAD", script.source) for script in scripts_used(writes)]
         acked: dict[str, list[str]] = {}
         failed = 0
+        xadd = self.log.xadd_command
         for delivery, result in zip(batch.deliveries, results, strict=True):
-            key = _key(delivery.stream, delivery.entry_id)
             if isinstance(result, BaseException):
                 failed += 1
+                key = _key(delivery.stream, delivery.entry_id)
                 self._failures[key] = f"{type(result).__name__}: {result}"
-                pipe.hset(self._failures_key, key, self._failures[key])
+                commands.append(("HSET", self._failures_key, key, self._failures[key]))
                 log.warning(
                     "handler failed group=%s id=%s type=%s delivery=%d error=%r",
                     self.group,
@@ -235,35 +231,38 @@ class Consumer:
                 )
                 continue
             for stream, event in result.appends:
-                pipe.execute_command(*self.log.xadd_command(stream, event))
-            for command in result.writes:
-                pipe.execute_command(*command)
+                commands.append(xadd(stream, event))
+            commands.extend(result.writes)
             acked.setdefault(delivery.stream, []).append(delivery.entry_id)
             if delivery.delivery_count > 1:
-                pipe.hdel(self._failures_key, key)
+                commands.append(("HDEL", self._failures_key, _key(delivery.stream, delivery.entry_id)))
         for dead in batch.dead:
             entry_id = _text(dead.entry[0])
-            fields: dict[bytes | str, bytes | str | int] = dict(dead.entry[1])
-            fields.update(
-                {
-                    "dead_error": dead.error,
-                    "dead_stream": dead.stream,
-                    "dead_id": entry_id,
-                    "dead_group": self.group,
-                    "dead_deliveries": dead.deliveries,
-                }
-            )
-            pipe.xadd(self.log.names.dead, fields, maxlen=100_000, approximate=True)
-            pipe.hdel(self._failures_key, _key(dead.stream, entry_id))
+            fields: list[object] = [x for pair in dead.entry[1].items() for x in pair]
+            fields += [
+                "dead_error",
+                dead.error,
+                "dead_stream",
+                dead.stream,
+                "dead_id",
+                entry_id,
+                "dead_group",
+                self.group,
+                "dead_deliveries",
+                dead.deliveries,
+            ]
+            commands.append(("XADD", self.log.names.dead, "MAXLEN", "~", 100_000, "*", *fields))
+            commands.append(("HDEL", self._failures_key, _key(dead.stream, entry_id)))
             acked.setdefault(dead.stream, []).append(entry_id)
             self._failures.pop(_key(dead.stream, entry_id), None)
             log.error("entry moved to dead stream group=%s id=%s error=%s", self.group, entry_id, dead.error)
+        checkpoint = self.log.names.checkpoint(self.group)
         for stream, ids in acked.items():
-            pipe.xack(stream, self.group, *ids)
-            pipe.hset(self.log.names.checkpoint(self.group), stream, ids[-1])
+            commands.append(("XACK", stream, self.group, *ids))
+            commands.append(("HSET", checkpoint, stream, ids[-1]))
         if not acked and not failed:
             return
-        await pipe.execute()
+        await self.log.commit(commands)
         if self._failures:
             for stream, ids in acked.items():
                 for entry_id in ids:

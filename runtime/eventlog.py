@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from events import Event, EventCodec, StreamNames
 from runtime.errors import StoreUnavailable
+from runtime.resp import LinkSettings, RespLink
 from runtime.settings import EventLogSettings
 
 log = logging.getLogger(__name__)
@@ -36,16 +38,109 @@ def entry_ms(entry_id: str | bytes) -> int:
     return int(text.partition("-")[0])
 
 
+RawEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+class StreamReader:
+    """Blocking stream reads on a connection of their own (one per consumer or reply reader)."""
+
+    def __init__(self, redis: Redis, link: RespLink | None) -> None:
+        self._redis = redis
+        self._link = link
+
+    async def read_group(
+        self, group: str, consumer: str, positions: dict[str, str], count: int, block_ms: int | None
+    ) -> list[tuple[str, RawEntry]]:
+        """XREADGROUP over the streams; entries as (stream, (id, fields))."""
+        if self._link is None:
+            response = await self._redis.xreadgroup(group, consumer, positions, count=count, block=block_ms)
+            return [(_text(stream), entry) for stream, entries in response or [] for entry in entries]
+        command: list[object] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        command += ["STREAMS", *positions.keys(), *positions.values()]
+        return _entries(await self._link.command(*command))
+
+    async def read(self, positions: dict[str, str], count: int, block_ms: int | None) -> list[tuple[str, RawEntry]]:
+        """XREAD (no group) from the given positions."""
+        if self._link is None:
+            response = await self._redis.xread(positions, count=count, block=block_ms)
+            return [(_text(stream), entry) for stream, entries in response or [] for entry in entries]
+        command: list[object] = ["XREAD", "COUNT", count]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        command += ["STREAMS", *positions.keys(), *positions.values()]
+        return _entries(await self._link.command(*command))
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(reply: object) -> list[tuple[str, RawEntry]]:
+    """hiredis's XREAD/XREADGROUP reply as (stream, (id, {field: value}))."""
+    out: list[tuple[str, RawEntry]] = []
+    if not reply:
+        return out
+    for stream, entries in reply:  # type: ignore[attr-defined]
+        name = stream.decode()
+        for entry_id, flat in entries:
+            if flat is None:
+                continue  # deleted while pending
+            it = iter(flat)
+            out.append((name, (entry_id, dict(zip(it, it, strict=True)))))
+    return out
+
+
 class EventLog:
-    """Appends events to streams and reads them back; owns trimming and consumer groups."""
+    """Appends events to streams and reads them back; owns trimming and consumer groups.
+
+    With `link` settings, the hot path (appends, commits, blocking reads) goes over lean hiredis
+    connections (runtime/resp.py); without (e.g. Redis Sentinel), over redis-py.
+    """
 
     def __init__(
-        self, redis: Redis, codec: EventCodec, names: StreamNames, settings: EventLogSettings
+        self,
+        redis: Redis,
+        codec: EventCodec,
+        names: StreamNames,
+        settings: EventLogSettings,
+        link: LinkSettings | None = None,
     ) -> None:
         self.redis = redis
         self.codec = codec
         self.names = names
         self.settings = settings
+        self._link_settings = link
+        self._link = RespLink(link) if link is not None else None
+        self._readers: list[StreamReader] = []
+
+    def blocking_reader(self) -> StreamReader:
+        """A reader with its own connection; closed by its owner, or at the latest by `close`."""
+        reader = StreamReader(self.redis, RespLink(self._link_settings) if self._link_settings else None)
+        self._readers.append(reader)
+        return reader
+
+    async def commit(self, commands: Sequence[Sequence[object]]) -> None:
+        """Runs the commands in one MULTI/EXEC."""
+        if self._link is not None:
+            await self._link.transaction(commands)
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for command in commands:
+            pipe.execute_command(*command)
+        await pipe.execute()
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
 
     def xadd_command(self, stream: str, event: Event) -> list[object]:
         """The XADD for one event, trimmed by age (replies streams: by length)."""
@@ -72,11 +167,17 @@ class EventLog:
         """Runs prepared XADD commands in one pipeline; returns the entry ids in order."""
         if not commands:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
         try:
-            ids = await pipe.execute()
+            if self._link is not None:
+                ids = await self._link.pipeline(commands)
+                errors = [r for r in ids if isinstance(r, hiredis.ReplyError)]
+                if errors:
+                    raise ResponseError(str(errors[0]))
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                ids = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"append of {len(commands)} events failed: {exc}") from exc
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
@@ -96,9 +197,7 @@ class EventLog:
         min_id = f"{max(now_ms - self.settings.retention_s * 1000, 0)}-0"
         return int(await self.redis.xtrim(stream, minid=min_id, approximate=False))
 
-    async def read(
-        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
-    ) -> list[StoredEvent]:
+    async def read(self, stream: str, start: str = "-", end: str = "+", count: int | None = None) -> list[StoredEvent]:
         """Reads a range of a stream and decodes it; undecodable entries are skipped with a warning."""
         entries = await self.redis.xrange(stream, min=start, max=end, count=count)
         return list(self._decode_all(stream, entries))
@@ -118,9 +217,7 @@ class EventLog:
             ms, _, seq = last.partition("-")
             start = f"{ms}-{int(seq) + 1}"
 
-    def _decode_all(
-        self, stream: str, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]
-    ) -> Iterable[StoredEvent]:
+    def _decode_all(self, stream: str, entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> Iterable[StoredEvent]:
         for entry_id, fields in entries:
             try:
                 yield StoredEvent(stream, entry_id.decode(), self.codec.decode(fields))

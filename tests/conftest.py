@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from events import StreamNames, default_codec
 from runtime.eventlog import EventLog
+from runtime.resp import LinkSettings
 from runtime.settings import EventLogSettings
 
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
@@ -50,14 +51,14 @@ def names(cluster_id: str) -> StreamNames:
 
 @pytest.fixture
 def eventlog_settings(cluster_id: str) -> EventLogSettings:
-    return EventLogSettings(
-        cluster_id=cluster_id, batch_size=50, block_ms=20, claim_idle_ms=200, max_deliveries=3
-    )
+    return EventLogSettings(cluster_id=cluster_id, batch_size=50, block_ms=20, claim_idle_ms=200, max_deliveries=3)
 
 
 @pytest.fixture
-def eventlog(redis: Redis, names: StreamNames, eventlog_settings: EventLogSettings) -> EventLog:
-    return EventLog(redis, default_codec(), names, eventlog_settings)
+def eventlog(redis: Redis, names: StreamNames, eventlog_settings: EventLogSettings) -> Iterator[EventLog]:
+    log = EventLog(redis, default_codec(), names, eventlog_settings, LinkSettings(REDIS_HOST, REDIS_PORT, REDIS_DB))
+    yield log
+    log.close()
 
 
 @pytest.fixture
