@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
@@ -71,6 +72,19 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What the ladders share: the process group, the service environment, the tenant, Redis, the webhook."""
+
+    processes: ProcessGroup
+    base_env: dict[str, str]
+    tenant: Tenant
+    redis: BenchRedis
+    webhook_pid: int
+    webhook_port: int
+    redis_pid: int | None
+
+
 class BenchRun:
     """One run: infrastructure up, service up, ladders, report; everything down again."""
 
@@ -105,23 +119,9 @@ class BenchRun:
                 webhook, webhook_port = await start_webhook(processes, tenant)
                 await database.create(tenant, f"http://127.0.0.1:{webhook_port}/auth")
                 await redis.clean()
-                say(f"[bench] starting the service: {self.layout.mode}")
-                base_env = {**database.env(), **redis.env(), "ENCRYPTION_SECRET": secrets.token_hex(16)}
-                service = await start_service(processes, self.layout, base_env)
-                meter = CpuMeter()
-                for child in service.children:
-                    meter.add("service", child.pid)
-                redis_pid = await redis.server_pid()
-                if redis_pid is not None:
-                    meter.add("redis", redis_pid)
-                meter.add("webhook", webhook.pid)
-                sipp = Sipp(self.work_dir, processes, target_port=service.sip_port, password=tenant.user_password,
-                            local_port=free_port())
-                ladder = Ladder(service, sipp, meter, self.args.probe_rate / (2 if self.args.smoke else 1),
-                                tenant.user_password, lambda: webhook_counts(webhook_port), redis.command_calls)
-                self.idle_cpu = await ladder.idle_cpu(1.0 if self.args.smoke else 3.0)
-                say(f"[bench] idle CPU, share of one core: {self.idle_cpu}")
-                results = await self._climb(ladder, service)
+                stage = Stage(processes, {**database.env(), **redis.env(), "ENCRYPTION_SECRET": secrets.token_hex(16)},
+                              tenant, redis, webhook.pid, webhook_port, await redis.server_pid())
+                results = await self._climb(stage)
                 memory = await redis.used_memory_bytes()
         finally:
             await redis.clean()
@@ -129,14 +129,39 @@ class BenchRun:
             await database.drop()
         return self._report(*results, redis_memory_bytes=memory)
 
-    async def _climb(self, ladder: Ladder, service: RunningService) -> tuple[list[StepResult], list[StepResult]]:
+    async def _climb(self, stage: Stage) -> tuple[list[StepResult], list[StepResult]]:
+        """Each ladder against a service of its own: the tail of a failed registration step (late
+        retransmissions, re-claimed entries) must not land in the OPTIONS ladder."""
         plan = self.plan()
-        register = await ladder.climb("register", plan["register"][0], plan["register"][1], self._print_step,
-                                      self._beside(service, plan["register"][1]))
-        if service.dead():
-            return register, []
-        options = await ladder.climb("options", plan["options"][0], plan["options"][1], self._print_step)
-        return register, options
+        climbed: dict[str, list[StepResult]] = {}
+        for kind in ("register", "options"):
+            rates, duration_s = plan[kind]
+            say(f"[bench] starting the service for the {kind} ladder: {self.layout.mode}")
+            service = await start_service(stage.processes, self.layout, stage.base_env)
+            try:
+                ladder = self._ladder(stage, service)
+                if kind == "register":
+                    self.idle_cpu = await ladder.idle_cpu(1.0 if self.args.smoke else 3.0)
+                    say(f"[bench] idle CPU, share of one core: {self.idle_cpu}")
+                climbed[kind] = await ladder.climb(kind, rates, duration_s, self._print_step,
+                                                   self._beside(service, duration_s))
+            finally:
+                for child in service.children:
+                    await stage.processes.stop(child)
+        return climbed["register"], climbed["options"]
+
+    def _ladder(self, stage: Stage, service: RunningService) -> Ladder:
+        meter = CpuMeter()
+        for child in service.children:
+            meter.add("service", child.pid)
+        if stage.redis_pid is not None:
+            meter.add("redis", stage.redis_pid)
+        meter.add("webhook", stage.webhook_pid)
+        sipp = Sipp(self.work_dir, stage.processes, target_port=service.sip_port,
+                    password=stage.tenant.user_password, local_port=free_port())
+        probe_rate = self.args.probe_rate / (2 if self.args.smoke else 1)
+        return Ladder(service, sipp, meter, probe_rate, stage.tenant.user_password,
+                      lambda: webhook_counts(stage.webhook_port), stage.redis.command_calls)
 
     def _beside(self, service: RunningService, duration_s: float
                 ) -> Callable[[str, int], Callable[[], Awaitable[object]] | None]:

@@ -1,4 +1,5 @@
-"""CPU seconds from /proc: utime + stime of named processes (all their threads), and the machine's.
+"""CPU seconds from /proc: utime + stime of named processes (all their threads), and the machine's;
+UDP drop counters (the machine's, and one socket's).
 
 A `CpuMeter` knows which pids belong to which part (service processes, redis-server, the
 webhook, sipp) and takes snapshots; the difference of two snapshots is the CPU each part spent
@@ -90,3 +91,17 @@ def udp_errors() -> dict[str, int]:
         return {}
     counters = dict(zip(rows[0][1:], (int(v) for v in rows[1][1:]), strict=False))
     return {name: counters[name] for name in ("InErrors", "RcvbufErrors", "SndbufErrors") if name in counters}
+
+
+def udp_socket_drops(port: int) -> int | None:
+    """Datagrams dropped by the UDP socket bound to 127.0.0.1:<port> (last column of /proc/net/udp)."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/udp") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 12 and fields[1] == wanted:
+                    return int(fields[-1])
+    except OSError:
+        return None
+    return None

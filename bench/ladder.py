@@ -8,11 +8,13 @@ A ladder climbs its rates and stops at the first step that does not hold.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import resource
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from bench.cpu import CpuMeter, CpuSpent, process_cpu_s, udp_errors
+from bench.cpu import CpuMeter, CpuSpent, process_cpu_s, udp_errors, udp_socket_drops
+from bench.digest import PROBE_FIRST_USER
 from bench.probe import Probe, ProbeResult
 from bench.sidecar import RunningService
 from bench.sipp import Sipp, SippRun
@@ -128,6 +130,7 @@ class Ladder:
     webhook_counts: Callable[[], Awaitable[dict[str, int]]]
     redis_calls: Callable[[], Awaitable[dict[str, int]]]
     next_user: int = 0
+    probe_users: Iterator[int] = field(default_factory=lambda: itertools.count(PROBE_FIRST_USER))
 
     async def step(self, kind: str, rate_per_s: int, duration_s: float,
                    beside: Callable[[], Awaitable[object]] | None = None) -> StepResult:
@@ -136,9 +139,13 @@ class Ladder:
         first_user = self.next_user
         if kind == "register":
             self.next_user += round(rate_per_s * duration_s)
+            if self.next_user > PROBE_FIRST_USER:
+                raise RuntimeError(f"the ladder needs more than the {PROBE_FIRST_USER} sipp users; shorten it")
         hook_before, udp_before, calls_before = await self.webhook_counts(), udp_errors(), await self.redis_calls()
+        drops_before = udp_socket_drops(self.service.sip_port)
         stop_probe = asyncio.Event()
-        async with Probe(self.service.sip_port, kind=kind, password=self.user_password) as probe:
+        async with Probe(self.service.sip_port, kind=kind, password=self.user_password,
+                         users=self.probe_users) as probe:
             before, sipp_before, self_before = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
             async with asyncio.TaskGroup() as group:
                 probe_task = group.create_task(probe.run(self.probe_rate_per_s, stop_probe))
@@ -150,6 +157,9 @@ class Ladder:
                     stop_probe.set()
             after, sipp_after, self_after = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
         hook_after, udp_after, calls_after = await self.webhook_counts(), udp_errors(), await self.redis_calls()
+        drops_after = udp_socket_drops(self.service.sip_port)
+        if drops_before is not None and drops_after is not None:
+            udp_after = {**udp_after, "service_socket_drops": drops_after - drops_before}
         step = StepResult(kind, rate_per_s, run, probe_task.result(), CpuSpent.between(before, after),
                           sipp_cpu_s=sipp_after - sipp_before, bench_client_cpu_s=self_after - self_before,
                           webhook_counts=_minus(hook_after, hook_before),

@@ -16,6 +16,7 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -106,13 +107,13 @@ class Probe:
     """Times registrations (kind "register") or OPTIONS (kind "options") against one UDP target."""
 
     def __init__(self, target_port: int, *, kind: str = "register", password: str = "",
-                 target_host: str = "127.0.0.1") -> None:
+                 users: Iterator[int] | None = None, target_host: str = "127.0.0.1") -> None:
         if kind not in ("register", "options"):
             raise ValueError(f"probe kind is register or options, not {kind!r}")
         self.kind = kind
         self.target = (target_host, target_port)
         self.password = password
-        self._users = itertools.count(PROBE_FIRST_USER)
+        self._users = users if users is not None else itertools.count(PROBE_FIRST_USER)
         self._protocol = _Transport()
         self._local_port = 0
         self._calls = itertools.count(1)

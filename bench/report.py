@@ -77,8 +77,9 @@ def step_line(step: StepResult) -> str:
             f"({step.sipp.achieved_per_s:.0f}/s, {step.sipp.retransmissions} retrans)  probe p50 "
             f"{probe['p50_ms']} p99 {probe['p99_ms']} ms  cpu us/op service {cpu['service']} redis "
             f"{cpu['redis']} webhook {cpu['webhook']} all {cpu['system']}  redis calls/op "
-            f"{step.redis_calls_per_op().get('all')}  udp drops "
-            f"{step.udp_errors.get('RcvbufErrors', 0)}  {verdict}")
+            f"{step.redis_calls_per_op().get('all')}  udp drops at the service "
+            f"{step.udp_errors.get('service_socket_drops', '?')} (machine {step.udp_errors.get('RcvbufErrors', 0)})"
+            f"  {verdict}")
 
 
 def write_results(results_dir: Path, document: dict[str, object], *, suffix: str = "") -> Path:
