@@ -213,9 +213,10 @@ class BenchRun:
                 say(f"[bench] profile {name}: top self time")
                 for row in costs["self"]:  # type: ignore[index]
                     say(f"[bench]   {row['percent']:5.1f}%  {row['function']}")
-                say(f"[bench] profile {name}: self time by package")
-                for row in costs["self_by_package"]:  # type: ignore[index]
-                    say(f"[bench]   {row['percent']:5.1f}%  {row['function']}")
+                for view in ("self_by_package", "by_task", "total"):
+                    say(f"[bench] profile {name}: {view.replace('_', ' ')}")
+                    for row in costs[view][:10]:  # type: ignore[index]
+                        say(f"[bench]   {row['percent']:5.1f}%  {row['function']}")
         path = write_results(self.args.results_dir, document, suffix="-smoke" if self.args.smoke else "")
         say(f"[bench] results: {path}")
         print(line, flush=True)

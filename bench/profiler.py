@@ -2,8 +2,8 @@
 
 py-spy samples the running interpreter from outside (no change to the service); `--nonblocking`
 keeps it from pausing the process. The raw (collapsed) output has one line per distinct stack
-with its sample count; `top_costs` sums them per function, as self time (the frame on top) and
-as total time (anywhere on the stack).
+with its sample count; `top_costs` sums them per function, as self time (the frame on top), as
+total time (anywhere below the event loop) and per task (the outermost frame below the loop).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def top_costs(raw_path: Path, limit: int = 15) -> dict[str, object]:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     packages: Counter[str] = Counter()
+    roots: Counter[str] = Counter()
     samples = 0
     for line in raw_path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -85,7 +86,10 @@ def top_costs(raw_path: Path, limit: int = 15) -> dict[str, object]:
         samples += count
         own[frames[-1]] += count
         packages[_package(frames[-1])] += count
-        for function in set(frames):
+        inner = _below_loop(frames)
+        if inner:
+            roots[inner[0]] += count
+        for function in set(inner):
             total[function] += count
 
     def share(counter: Counter[str]) -> list[dict[str, object]]:
@@ -93,8 +97,18 @@ def top_costs(raw_path: Path, limit: int = 15) -> dict[str, object]:
                 for name, n in counter.most_common(limit)]
 
     if not samples:
-        return {"samples": 0, "self": [], "total": [], "self_by_package": []}
-    return {"samples": samples, "self": share(own), "total": share(total), "self_by_package": share(packages)}
+        return {"samples": 0, "self": [], "total": [], "self_by_package": [], "by_task": []}
+    return {"samples": samples, "self": share(own), "total": share(total), "self_by_package": share(packages),
+            "by_task": share(roots)}
+
+
+def _below_loop(frames: list[str]) -> list[str]:
+    """The frames a task or callback runs, without the entry point and the event loop above them
+    (coroutines resumed by uvloop's C code have no such frames at all)."""
+    for index in range(len(frames) - 1, -1, -1):
+        if frames[index].startswith("Runner.run ("):
+            return frames[index + 1:]
+    return frames
 
 
 def _package(function: str) -> str:
