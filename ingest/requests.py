@@ -62,9 +62,7 @@ def _safe_headers(request: SipRequest) -> dict[str, str]:
     return headers
 
 
-def register_received(
-    request: SipRequest, facts: TransportFacts, reply_to: str
-) -> RegisterReceived | BadRequest:
+def register_received(request: SipRequest, facts: TransportFacts, reply_to: str) -> RegisterReceived | BadRequest:
     """The RegisterReceived for a REGISTER, or the 400 it gets for a broken header."""
     headers = request.headers
     call_id = headers.get("call-id")

@@ -47,6 +47,30 @@ class Ingest:
         self.reply_timeout_s = reply_timeout_s
         self.stats = IngestStats()
 
+    def answer_now(self, request: IncomingRequest) -> bool:
+        """Answers in place what needs no decision (keep-alive OPTIONS, ACK, other methods).
+
+        Only for fronts whose requests can answer synchronously (`respond_now`); True when done.
+        """
+        respond_now = getattr(request, "respond_now", None)
+        if respond_now is None:
+            return False
+        message = request.message
+        method = message.method.upper()
+        if method == "OPTIONS":
+            if is_heartbeat(message):
+                return False
+            self.stats.options_answered += 1
+            respond_now(200, "OK")
+            return True
+        if method == "ACK":
+            return True
+        if method != "REGISTER":
+            self.stats.not_allowed += 1
+            respond_now(405, "Method Not Allowed", [("Allow", ALLOWED_METHODS)])
+            return True
+        return False
+
     async def __call__(self, request: IncomingRequest) -> None:
         message = request.message
         method = message.method.upper()

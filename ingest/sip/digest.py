@@ -89,10 +89,7 @@ def parse_digest_params(value: str) -> dict[str, str]:
 
 def format_digest(params: Mapping[str, str], bare_names: frozenset[str] = CHALLENGE_BARE_NAMES) -> str:
     """``Digest a="x", b=y`` from ordered parameters; names in ``bare_names`` are written without quotes."""
-    items = (
-        f"{name}={value}" if name in bare_names else f"{name}={quote(value)}"
-        for name, value in params.items()
-    )
+    items = (f"{name}={value}" if name in bare_names else f"{name}={quote(value)}" for name, value in params.items())
     return "Digest " + ", ".join(items)
 
 
@@ -124,9 +121,7 @@ def build_www_authenticate(
 _JS_DOT = "[^\n\r\u2028\u2029]"
 _JS_SPACE = "[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 _JS_SPACE_OR_COMMA = _JS_SPACE[:-1] + ",]"
-_JAMBONZ_FIELD = {
-    name: re.compile(f'{_JS_SPACE_OR_COMMA}{name}="?({_JS_DOT}+?)[",]') for name in JAMBONZ_DIGEST_FIELDS
-}
+_JAMBONZ_FIELD = {name: re.compile(f'{_JS_SPACE_OR_COMMA}{name}="?({_JS_DOT}+?)[",]') for name in JAMBONZ_DIGEST_FIELDS}
 _JAMBONZ_TRAILING = {name: re.compile(f"{name}=({_JS_DOT}*)\\Z") for name in ("nc", "qop")}
 
 

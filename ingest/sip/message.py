@@ -164,7 +164,14 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = header_key(name)
-        return any(field_key == key for field_key, _, _ in self._fields)
+        for field in self._fields:
+            if field[0] == key:
+                return True
+        return False
+
+    def keys(self) -> set[str]:
+        """The lookup keys present (compact forms spelled out), for several membership tests at once."""
+        return {field[0] for field in self._fields}
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """``(name as written, value)`` pairs in order."""
@@ -315,11 +322,7 @@ class SipRequest(SipMessage):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SipRequest):
             return NotImplemented
-        return (
-            self.method == other.method
-            and self.uri == other.uri
-            and self._comparable() == other._comparable()
-        )
+        return self.method == other.method and self.uri == other.uri and self._comparable() == other._comparable()
 
     def __repr__(self) -> str:
         return f"<SipRequest {self.method} {self.uri} headers={len(self.headers)} body={len(self.body)}B>"
@@ -347,11 +350,7 @@ class SipResponse(SipMessage):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SipResponse):
             return NotImplemented
-        return (
-            self.status == other.status
-            and self.reason == other.reason
-            and self._comparable() == other._comparable()
-        )
+        return self.status == other.status and self.reason == other.reason and self._comparable() == other._comparable()
 
     def __repr__(self) -> str:
         return f"<SipResponse {self.status} {self.reason} headers={len(self.headers)} body={len(self.body)}B>"

@@ -64,7 +64,7 @@ def make_response(
     """The response to ``request``: Via(s), From, To, Call-ID, CSeq (and Timestamp) copied as written.
 
     ``to_tag`` is added to To when the request's To has no tag (pass one for every response but 100); a To
-    that does not parse is copied unchanged. ``reason`` defaults to the usual phrase for ``status``.
+    that mentions a tag but does not parse is copied unchanged. ``reason`` defaults to the usual phrase for ``status``.
     ``extra_headers`` follow the copied ones, in order. A request without Via cannot be answered:
     :class:`SipParseError`. A status outside 100-699, a tag that is not a token or a bad extra header:
     ValueError.
@@ -92,6 +92,8 @@ def make_response(
 
 
 def _with_tag(to_value: str, tag: str) -> str:
+    if "tag=" not in to_value.lower():
+        return f"{to_value};tag={tag}"  # no tag anywhere: nothing to parse (the common case)
     try:
         address = parse_name_addr(to_value)
     except SipParseError:

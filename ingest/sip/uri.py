@@ -129,9 +129,7 @@ class NameAddr:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NameAddr):
             return NotImplemented
-        return (
-            self.display_name == other.display_name and self.uri == other.uri and self.params == other.params
-        )
+        return self.display_name == other.display_name and self.uri == other.uri and self.params == other.params
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
@@ -214,9 +212,7 @@ def parse_name_addr(text: str) -> NameAddr:
     tail = value[gt + 1 :].lstrip(" \t")
     if tail and tail[0] != ";":
         raise SipParseError("text after '>'")
-    return NameAddr(
-        parse_uri(uri_text), display_name=display_name, params=parse_params(tail[1:]), uri_text=uri_text
-    )
+    return NameAddr(parse_uri(uri_text), display_name=display_name, params=parse_params(tail[1:]), uri_text=uri_text)
 
 
 def _check_user_part(text: str, *, allow_empty: bool = False) -> None:

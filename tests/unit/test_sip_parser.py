@@ -732,9 +732,16 @@ def test_make_response_errors() -> None:
         make_response(SipRequest("OPTIONS", "sip:a", [("Call-ID", "1")]), 400)
 
 
-def test_make_response_with_unparseable_to_copies_it() -> None:
+def test_make_response_tags_a_to_without_tag_even_if_it_does_not_parse() -> None:
     request = SipRequest("REGISTER", "sip:a", [("Via", "SIP/2.0/UDP h"), ("To", "<sip:a@b@c>")])
-    assert make_response(request, 400, to_tag="t").headers.get("to") == "<sip:a@b@c>"
+    assert make_response(request, 403, to_tag="t").headers.get("to") == "<sip:a@b@c>;tag=t"
+
+
+def test_make_response_keeps_an_existing_tag_and_copies_an_unparseable_tagged_to() -> None:
+    tagged = SipRequest("REGISTER", "sip:a", [("Via", "SIP/2.0/UDP h"), ("To", "<sip:a@b>;tag=x")])
+    assert make_response(tagged, 200, to_tag="t").headers.get("to") == "<sip:a@b>;tag=x"
+    odd = SipRequest("REGISTER", "sip:a", [("Via", "SIP/2.0/UDP h"), ("To", "<sip:a@b@c>;tag=x")])
+    assert make_response(odd, 400, to_tag="t").headers.get("to") == "<sip:a@b@c>;tag=x"
 
 
 # --- stream framing ---------------------------------------------------------------------------------------

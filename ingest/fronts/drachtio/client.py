@@ -183,9 +183,7 @@ class DrachtioFront:
             raise RuntimeError("a DrachtioFront can be entered only once")
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
-        self._supervisor = self._tasks.create_task(
-            self._maintain_link(), name=f"drachtio {self._host}:{self._port}"
-        )
+        self._supervisor = self._tasks.create_task(self._maintain_link(), name=f"drachtio {self._host}:{self._port}")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -348,9 +346,7 @@ class DrachtioFront:
             if message.source == "network" and message.transaction_id and not message.dialog_id:
                 self._on_request(link, message)
             else:
-                log.debug(
-                    "drachtio sip message ignored source=%s txn=%s", message.source, message.transaction_id
-                )
+                log.debug("drachtio sip message ignored source=%s txn=%s", message.source, message.transaction_id)
         else:
             log.debug("drachtio message ignored type=%s", message.fields[1])
 
@@ -368,9 +364,7 @@ class DrachtioFront:
                 delivery.transaction_id,
                 exc,
             )
-            self._answer_now(
-                link, delivery.transaction_id, salvage_response(delivery.sip, 400, "Bad Request")
-            )
+            self._answer_now(link, delivery.transaction_id, salvage_response(delivery.sip, 400, "Bad Request"))
             return
         if self._closing or len(self._handlers) >= MAX_IN_FLIGHT_REQUESTS or self._tasks is None:
             log.warning(
@@ -378,9 +372,7 @@ class DrachtioFront:
                 message.method,
                 len(self._handlers),
             )
-            self._answer_now(
-                link, delivery.transaction_id, render_response(message, 503, "Service Unavailable")
-            )
+            self._answer_now(link, delivery.transaction_id, render_response(message, 503, "Service Unavailable"))
             return
         facts = TransportFacts(
             source_ip=delivery.source_address,
@@ -415,16 +407,12 @@ class DrachtioFront:
         handler = self._handler
         try:
             if handler is None:
-                log.warning(
-                    "drachtio request with no handler set method=%s answer=503", request.message.method
-                )
+                log.warning("drachtio request with no handler set method=%s answer=503", request.message.method)
                 await request.respond(503, "Service Unavailable")
                 return
             await handler(request)
             if not request.answered:
-                log.warning(
-                    "drachtio handler left a request unanswered method=%s answer=500", request.message.method
-                )
+                log.warning("drachtio handler left a request unanswered method=%s answer=500", request.message.method)
                 await request.respond(500, "Server Internal Error")
         except asyncio.CancelledError:
             raise

@@ -187,9 +187,7 @@ class Link:
             log.warning("drachtio response frame holds a request txn=%s", delivery.transaction_id)
             return
         if response.status < 200:
-            log.debug(
-                "drachtio provisional skipped txn=%s status=%d", delivery.transaction_id, response.status
-            )
+            log.debug("drachtio provisional skipped txn=%s status=%d", delivery.transaction_id, response.status)
             return
         future.set_result(response)
 

@@ -59,6 +59,4 @@ class DrachtioRequest:
             raise
 
     def __repr__(self) -> str:
-        return (
-            f"<DrachtioRequest {self._message.method} from {self._facts.source_ip}:{self._facts.source_port}>"
-        )
+        return f"<DrachtioRequest {self._message.method} from {self._facts.source_ip}:{self._facts.source_port}>"

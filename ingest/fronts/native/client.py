@@ -24,11 +24,13 @@ T1_S = 0.5
 T2_S = 4.0
 TIMER_F_S = 64 * T1_S
 
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     transport: str
     host: str
     port: int
+
 
 def destination_of(request: OutboundRequest) -> Destination:
     """Where a request goes: its next hop, else its Request-URI (port 5060, or 5061 for sips/tls)."""
@@ -36,6 +38,7 @@ def destination_of(request: OutboundRequest) -> Destination:
     transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
     default_port = 5061 if transport == "tls" else 5060
     return Destination(transport, uri.host.strip("[]"), uri.port or default_port)
+
 
 def timeout_response(request: SipRequest) -> SipResponse:
     """The 408 a client transaction reports when Timer F fires."""
@@ -46,11 +49,17 @@ def timeout_response(request: SipRequest) -> SipResponse:
             response.headers.add(name, value)
     return response
 
+
 class ClientTransactions:
     """Sends requests and resolves each with its final response (or a 408)."""
 
-    def __init__(self, send_udp: Callable[[bytes, tuple[str, int]], None], local_host: Callable[[str], str],
-                 local_port: Callable[[str], int], timer_f_s: float = TIMER_F_S) -> None:
+    def __init__(
+        self,
+        send_udp: Callable[[bytes, tuple[str, int]], None],
+        local_host: Callable[[str], str],
+        local_port: Callable[[str], int],
+        timer_f_s: float = TIMER_F_S,
+    ) -> None:
         self._send_udp = send_udp
         self._local_host = local_host
         self._local_port = local_port
@@ -97,8 +106,9 @@ class ClientTransactions:
         sockaddr = infos[0][4]
         return sockaddr[0], sockaddr[1]
 
-    async def _send_udp_transaction(self, message: SipRequest, branch: str, address: tuple[str, int],
-                                    timeout_s: float) -> SipResponse:
+    async def _send_udp_transaction(
+        self, message: SipRequest, branch: str, address: tuple[str, int], timeout_s: float
+    ) -> SipResponse:
         data = message.serialize()
         future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
         self._pending[branch] = future

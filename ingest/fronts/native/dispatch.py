@@ -69,6 +69,10 @@ class NativeIncoming:
     async def respond(
         self, status: int, reason: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
     ) -> None:
+        self.respond_now(status, reason, headers, body)
+
+    def respond_now(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
+        """Sends the answer without waiting for anything (the native front's sends never block)."""
         if self.answered:
             return
         try:
@@ -129,8 +133,9 @@ class Dispatcher:
         if not data.isascii() and not _is_utf8(data):
             # RFC 3261 text is UTF-8; anything else could not be recorded faithfully as an event.
             self.stats.bad_requests += 1
-            incoming = NativeIncoming(message, _facts(source, transport), send, None, None, self.stats)
-            self._spawn(incoming.respond(400, "Bad Request", [("X-Reason", "Message is not valid UTF-8")]))
+            NativeIncoming(message, _facts(source, transport), send, None, None, self.stats).respond_now(
+                400, "Bad Request", [("X-Reason", "Message is not valid UTF-8")]
+            )
             return
         try:
             self._request(message, transport, source, send, table)
@@ -147,18 +152,22 @@ class Dispatcher:
         table: TransactionTable | None,
     ) -> None:
         try:
-            via = message.top_via.with_source(source[0], source[1])
+            top = message.top_via
         except SipParseError:
             self.stats.dropped_unparseable += 1  # no Via: no way to address an answer
             return
-        message.top_via = via
+        via = top.with_source(source[0], source[1])
+        if via.params != top.params:
+            message.top_via = via  # RFC 3581: the answer names the real source
         facts = TransportFacts(source[0], source[1], transport, self.sbc_address, self.private_sbc_address)
-        missing = [name for name in REQUIRED_HEADERS if name not in message.headers]
+        keys = message.headers.keys()
+        missing = [name for name in REQUIRED_HEADERS if name not in keys]
         problem = f"Missing {missing[0]} header" if missing else self._check(message)
         if problem is not None:
             self.stats.bad_requests += 1
-            incoming = NativeIncoming(message, facts, send, None, None, self.stats)
-            self._spawn(incoming.respond(400, "Bad Request", [("X-Reason", problem)]))
+            NativeIncoming(message, facts, send, None, None, self.stats).respond_now(
+                400, "Bad Request", [("X-Reason", problem)]
+            )
             return
         if message.method == "ACK":
             return  # no response, no transaction; nothing we answer with a 2xx dialog
@@ -175,8 +184,11 @@ class Dispatcher:
         incoming = NativeIncoming(message, facts, send, transaction, table, self.stats)
         if self._draining or self.handler is None:
             self.stats.rejected_draining += 1
-            self._spawn(incoming.respond(503, "Service Unavailable"))
+            incoming.respond_now(503, "Service Unavailable")
             return
+        answer_now = getattr(self.handler, "answer_now", None)
+        if answer_now is not None and answer_now(incoming):
+            return  # answered in place (keep-alive OPTIONS, 405): no task needed
         self._spawn(self._handle(incoming))
 
     @staticmethod

@@ -44,9 +44,16 @@ def _advertised_host(host: str, public_address: str | None) -> str:
 class NativeFront:
     """A SipFront over our own sockets. Enter to bind every listener; leave to drain and close."""
 
-    def __init__(self, listen: Sequence[SipListen], *, public_address: str | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None, max_message_bytes: int = 65536,
-                 idle_timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        listen: Sequence[SipListen],
+        *,
+        public_address: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        max_message_bytes: int = 65536,
+        idle_timeout_s: float = 600.0,
+    ) -> None:
         self.listen = tuple(listen)
         self.public_address = public_address
         self.tls_cert = tls_cert
@@ -64,9 +71,14 @@ class NativeFront:
 
     @classmethod
     def from_settings(cls, settings: SipSettings) -> NativeFront:
-        return cls(settings.listen, public_address=settings.public_address, tls_cert=settings.tls_cert,
-                   tls_key=settings.tls_key, max_message_bytes=settings.max_message_bytes,
-                   idle_timeout_s=settings.idle_timeout_s)
+        return cls(
+            settings.listen,
+            public_address=settings.public_address,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            max_message_bytes=settings.max_message_bytes,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
 
     @property
     def sbc_address(self) -> str:
@@ -114,22 +126,35 @@ class NativeFront:
         loop = asyncio.get_running_loop()
         advertised = _advertised_host(item.host, self.public_address)
         if item.transport == "udp":
-            _, protocol = await loop.create_datagram_endpoint(lambda: UdpListener(self.dispatcher),
-                                                              local_addr=(item.host, item.port))
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: UdpListener(self.dispatcher), local_addr=(item.host, item.port)
+            )
             self._udp.append(protocol)
             port = protocol.local_address[1]
         elif item.transport in ("tcp", "tls"):
             context = _tls_context(self.tls_cert, self.tls_key) if item.transport == "tls" else None
             server = await loop.create_server(
-                lambda: StreamConnection(self.dispatcher, item.transport, self.idle_timeout_s,
-                                         self.max_message_bytes, self._connections),
-                item.host, item.port, ssl=context, reuse_address=True)
+                lambda: StreamConnection(
+                    self.dispatcher, item.transport, self.idle_timeout_s, self.max_message_bytes, self._connections
+                ),
+                item.host,
+                item.port,
+                ssl=context,
+                reuse_address=True,
+            )
             self._servers.append(server)
             port = server.sockets[0].getsockname()[1]
         else:
             context = _tls_context(self.tls_cert, self.tls_key) if item.transport == "wss" else None
-            listener = WebSocketListener(self.dispatcher, item.transport, item.host, item.port, context,
-                                         self.idle_timeout_s, self.max_message_bytes)
+            listener = WebSocketListener(
+                self.dispatcher,
+                item.transport,
+                item.host,
+                item.port,
+                context,
+                self.idle_timeout_s,
+                self.max_message_bytes,
+            )
             await listener.start()
             self._websockets.append(listener)
             port = listener.bound_port

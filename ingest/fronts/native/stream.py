@@ -18,8 +18,14 @@ MAX_BUFFERED_OUTPUT = 1 << 20  # a peer that stops reading is cut off past this
 class StreamConnection(asyncio.Protocol):
     """One accepted TCP or TLS connection."""
 
-    def __init__(self, dispatcher: Dispatcher, transport_name: str, idle_timeout_s: float,
-                 max_message_bytes: int, connections: set[StreamConnection]) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        transport_name: str,
+        idle_timeout_s: float,
+        max_message_bytes: int,
+        connections: set[StreamConnection],
+    ) -> None:
         self.dispatcher = dispatcher
         self.transport_name = transport_name
         self.idle_timeout_s = idle_timeout_s

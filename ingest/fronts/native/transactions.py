@@ -28,8 +28,9 @@ class ServerTransaction:
 class TransactionTable:
     """Server transactions of one listener (or of one connection-oriented transport)."""
 
-    def __init__(self, timer_j_s: float = TIMER_J_UDP_S, clock: Callable[[], float] = time.monotonic,
-                 max_pending_s: float = 64.0) -> None:
+    def __init__(
+        self, timer_j_s: float = TIMER_J_UDP_S, clock: Callable[[], float] = time.monotonic, max_pending_s: float = 64.0
+    ) -> None:
         self.timer_j_s = timer_j_s
         self.clock = clock
         self.max_pending_s = max_pending_s  # a decision never takes this long; forget it then

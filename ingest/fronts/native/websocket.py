@@ -43,9 +43,7 @@ class WebSocketListener:
         app.router.add_get("/{tail:.*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True
-        )
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context, reuse_address=True)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
