@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from datetime import UTC, datetime
 from typing import ClassVar
 
 import msgspec
+
+
+_random_bits = random.Random().getrandbits  # seeded from the OS when the module loads
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,8 +30,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def new_event_id() -> str:
-    """A random 128-bit id as 32 hex characters (cheaper than uuid4 and just as unique)."""
-    return os.urandom(16).hex()
+    """A random 128-bit id as 32 hex characters.
+
+    Unique, not secret: Python's generator (seeded from the OS at start) is ~10x cheaper than
+    a system call per event.
+    """
+    return f"{_random_bits(128):032x}"
 
 
 def utc_now() -> datetime:

@@ -130,7 +130,13 @@ async def open_http(user_agent: str | None = None, limit: int = 256) -> AsyncIte
     """One pooled keep-alive session for every webhook call of the process."""
     headers = {"User-Agent": user_agent} if user_agent else None
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=30, ttl_dns_cache=60)
-    session = aiohttp.ClientSession(connector=connector, headers=headers)
+    # Deadlines are the caller's (asyncio.timeout); no cookies are ever wanted from a webhook.
+    session = aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, connect=5),
+    )
     try:
         yield session
     finally:

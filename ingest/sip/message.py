@@ -199,9 +199,10 @@ class SipMessage:
     Accessors parse on every call and raise :class:`SipParseError` on a malformed value.
     """
 
-    __slots__ = ("headers", "body")
+    __slots__ = ("headers", "body", "_top_via")
 
     def __init__(self, headers: Headers | Iterable[tuple[str, str]] | None, body: bytes) -> None:
+        self._top_via: Via | None = None  # parsed once, then kept (cleared when Via fields change)
         if headers is None:
             headers = Headers()
         elif not isinstance(headers, Headers):
@@ -253,18 +254,23 @@ class SipMessage:
 
     @property
     def top_via(self) -> Via:
+        """The first Via value, parsed (once: treat the result as read-only, assign to change it)."""
+        if self._top_via is not None:
+            return self._top_via
         items = split_comma_list(self._required("via"))
         if not items:
             raise SipParseError("empty Via")
-        return parse_via(items[0])
+        self._top_via = parse_via(items[0])
+        return self._top_via
 
     @top_via.setter
     def top_via(self, via: Via) -> None:
         """Replace the top Via value (first element of the first Via field), keeping the rest as written."""
+        self._top_via = via
         fields = self.headers._fields
         for index, (key, name, value) in enumerate(fields):
             if key == "via":
-                rest = split_comma_list(value)[1:]
+                rest = split_comma_list(value)[1:] if "," in value else ()
                 fields[index] = (key, name, ", ".join([str(via), *rest]))
                 return
         fields.insert(0, ("via", "Via", str(via)))
