@@ -29,7 +29,7 @@ from bench.ladder import Ladder, StepResult
 from bench.processes import ProcessGroup
 from bench.profiler import recorder, top_costs
 from bench.report import git_commit, last_line, step_line, summary, write_results
-from bench.sidecar import Layout, RunningService, start_service, start_webhook, webhook_counts
+from bench.sidecar import SIDECAR, Layout, RunningService, start_service, start_webhook, webhook_counts
 from bench.sipp import MAX_RUN_S, Sipp
 
 REGISTER_RATES = (200, 400, 800, 1200, 1600, 2400, 3200, 4800, 6400)
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--profile", type=int, metavar="RATE", help="py-spy the service processes during the "
                         "registration step at RATE")
+    parser.add_argument("--sidecar", default=str(SIDECAR), metavar="COMMAND", help="the sbc-sidecar executable "
+                        "to run (another build, for a before/after comparison)")
     parser.add_argument("--keep-services", action="store_true", help="leave Redis/MariaDB running even if this "
                         "run started them")
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, sipp stats)")
@@ -91,7 +93,7 @@ class BenchRun:
     def __init__(self, args: argparse.Namespace, work_dir: Path) -> None:
         self.args = args
         self.work_dir = work_dir
-        self.layout = Layout(split=args.split, processors=args.processors)
+        self.layout = Layout(split=args.split, processors=args.processors, command=args.sidecar)
         self.profiles: dict[str, object] = {}
         self.idle_cpu: dict[str, float] = {}
 
@@ -195,6 +197,7 @@ class BenchRun:
             "line": line,
             "summary": numbers,
             "mode": self.layout.mode,
+            "sidecar": self.layout.command,
             "split": self.layout.split,
             "processors": self.layout.processors if self.layout.split else None,
             "smoke": self.args.smoke,

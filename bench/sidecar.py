@@ -28,6 +28,7 @@ class Layout:
 
     split: bool = False
     processors: int = 1
+    command: str = str(SIDECAR)
 
     def processes(self) -> list[tuple[str, str]]:
         """(process name, --roles) for each process to start."""
@@ -85,7 +86,7 @@ async def start_service(processes: ProcessGroup, layout: Layout, base_env: dict[
         http_port = free_port()
         env = service_env(base_env, sip_port=service.sip_port, http_port=http_port,
                           ingest_id=f"bench-{run_id}-{name}")
-        child = await processes.start(name, [str(SIDECAR), "run", "--roles", roles], env=env, cwd=REPO)
+        child = await processes.start(name, [layout.command, "run", "--roles", roles], env=env, cwd=REPO)
         service.children.append(child)
         service.health_urls.append(f"http://127.0.0.1:{http_port}/health")
     await wait_healthy(service)
