@@ -238,6 +238,9 @@ async def _main(args: argparse.Namespace) -> int:
         status = await BenchRun(args, work_dir).run()
         failed = False
         return status
+    except asyncio.CancelledError:
+        failed = False  # interrupted: nothing to look into
+        raise
     finally:
         if failed or args.keep_work:
             say(f"[bench] work directory kept: {work_dir}")
@@ -252,8 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return uvloop.run(_main(args))
-    except KeyboardInterrupt:
-        say("[bench] interrupted; everything started was stopped")
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("[bench] interrupted; everything it started is stopped")
         return 130
     except RuntimeError as exc:
         say(f"bench/run: {exc}")
