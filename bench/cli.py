@@ -17,9 +17,10 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -166,8 +167,8 @@ class BenchRun:
                       lambda: webhook_counts(stage.webhook_port), stage.redis.command_calls)
 
     def _beside(self, service: RunningService, duration_s: float
-                ) -> Callable[[str, int], Callable[[], Awaitable[object]] | None]:
-        def at(kind: str, rate: int) -> Callable[[], Awaitable[object]] | None:
+                ) -> Callable[[str, int], Callable[[], Coroutine[Any, Any, object]] | None]:
+        def at(kind: str, rate: int) -> Callable[[], Coroutine[Any, Any, object]] | None:
             if kind != "register" or rate != self.args.profile:
                 return None
             record = recorder(service.children, duration_s, self.work_dir, f"profile-{rate}")

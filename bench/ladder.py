@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import resource
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.cpu import CpuMeter, CpuSpent, process_cpu_s, udp_errors, udp_socket_drops
 from bench.digest import PROBE_FIRST_USER
@@ -53,7 +54,8 @@ class StepResult:
     def cpu_us_per_op(self) -> dict[str, float | None]:
         if not self.operations:
             return {name: None for name in (*SYSTEM_PARTS, "system", "sipp")}
-        per = {name: round(self.cpu.by_part_s.get(name, 0.0) * 1e6 / self.operations, 1) for name in SYSTEM_PARTS}
+        per: dict[str, float | None] = {
+            name: round(self.cpu.by_part_s.get(name, 0.0) * 1e6 / self.operations, 1) for name in SYSTEM_PARTS}
         per["system"] = round(self.cpu.total_s(SYSTEM_PARTS) * 1e6 / self.operations, 1)
         per["sipp"] = round(self.sipp_cpu_s * 1e6 / self.operations, 1)
         return per
@@ -133,7 +135,7 @@ class Ladder:
     probe_users: Iterator[int] = field(default_factory=lambda: itertools.count(PROBE_FIRST_USER))
 
     async def step(self, kind: str, rate_per_s: int, duration_s: float,
-                   beside: Callable[[], Awaitable[object]] | None = None) -> StepResult:
+                   beside: Callable[[], Coroutine[Any, Any, object]] | None = None) -> StepResult:
         """One bounded step; `beside` runs alongside the load (a profiler)."""
         await self.settle()
         first_user = self.next_user
@@ -170,7 +172,7 @@ class Ladder:
 
     async def climb(self, kind: str, rates: Sequence[int], duration_s: float,
                     report: Callable[[StepResult], None],
-                    beside_at: Callable[[str, int], Callable[[], Awaitable[object]] | None] | None = None,
+                    beside_at: Callable[[str, int], Callable[[], Coroutine[Any, Any, object]] | None] | None = None,
                     ) -> list[StepResult]:
         """Steps up `rates` until one does not hold (that one is kept too)."""
         steps = []

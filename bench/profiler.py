@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from bench.processes import Child
 
@@ -32,7 +33,7 @@ def py_spy_binary() -> str:
 
 
 def recorder(children: list[Child], duration_s: float, out_dir: Path, stem: str
-             ) -> Callable[[], Awaitable[object]]:
+             ) -> Callable[[], Coroutine[Any, Any, list[Path]]]:
     """A coroutine function recording every child for `duration_s` into `<stem>-<child>.txt`."""
     binary = py_spy_binary()
 
