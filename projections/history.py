@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -142,10 +142,25 @@ def describe_step(step: dict[str, object]) -> str:
     return f"{at}  {text}"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def story_order(step: dict[str, object]) -> tuple[int, int, str, str]:
+    """Oldest first, and never a decision before its request.
+
+    Ingest stamps a request to the microsecond, the registrar its decisions to the whole millisecond
+    (`now_ms`), so a 401 decided within the request's millisecond carries an earlier time than the
+    request. Steps are therefore ordered by millisecond first, requests before decisions within one.
+    """
+    at = datetime.fromisoformat(str(step["at"]))
+    is_decision = 0 if step["type"] == "RegisterReceived" else 1
+    return (at - _EPOCH) // timedelta(milliseconds=1), is_decision, str(step["at"]), str(step["id"])
+
+
 async def load_history(redis: object, names: StreamNames, aor: str) -> list[dict[str, object]]:
     raw = await redis.zrange(names.history(aor), 0, -1)  # type: ignore[attr-defined]
     steps = [json.loads(item) for item in raw]
-    steps.sort(key=lambda s: (s["at"], s["id"]))
+    steps.sort(key=story_order)
     return steps
 
 
