@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -27,6 +28,17 @@ def role_builders() -> dict[str, Callable[[Services], list[Worker]]]:
     import projections
 
     return {"ingest": ingest.build, "processors": processors.build, "projections": projections.build}
+
+
+def _tune_gc() -> None:
+    """Moves what start-up allocated out of the collector's sight and collects young objects less often.
+
+    The hot path allocates many short-lived objects and few cycles; the default thresholds made the
+    cyclic collector a visible share of the CPU under load.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def collect_metrics(workers: Sequence[Worker]) -> dict[str, float]:
@@ -73,6 +85,7 @@ async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio
         workers = [w for stage in staged for w in stage]
         health = HealthServer(*settings.http_listen, workers, metrics=lambda: collect_metrics(workers))
         log.info("starting roles=%s workers=%s", ",".join(roles), ",".join(w.name for w in workers))
+        _tune_gc()
         async with asyncio.TaskGroup() as group:
             tasks = {id(w): group.create_task(w.run(), name=w.name) for w in workers}
             health_task = group.create_task(health.run(), name="http")

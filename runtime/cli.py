@@ -53,9 +53,7 @@ def cmd_db_init(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     settings = mysql_settings_from_env(env)
     secret = env.get("ENCRYPTION_SECRET") or env.get("JWT_SECRET") or ""
-    return _run_async(
-        init_database(settings, demo=args.demo, encryption_secret=secret, webhook_url=args.webhook_url)
-    )
+    return _run_async(init_database(settings, demo=args.demo, encryption_secret=secret, webhook_url=args.webhook_url))
 
 
 def cmd_events_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -63,9 +61,7 @@ def cmd_events_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from runtime.settings import Settings
 
     settings = Settings.from_env(env)
-    return _run_async(
-        tail_events(settings, streams=args.stream, from_start=args.from_start, limit=args.limit)
-    )
+    return _run_async(tail_events(settings, streams=args.stream, from_start=args.from_start, limit=args.limit))
 
 
 def cmd_history(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -85,8 +81,7 @@ def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sbc-sidecar",
-        description="jambonz SBC SIP sidecar (registrar, "
-        "OPTIONS heartbeats), event-sourced over Redis Streams",
+        description="jambonz SBC SIP sidecar (registrar, OPTIONS heartbeats), event-sourced over Redis Streams",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

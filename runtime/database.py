@@ -71,9 +71,7 @@ async def insert_demo(
     log.info("demo account created realm=%s webhook=%s", realm, webhook_url)
 
 
-async def init_database(
-    settings: MysqlSettings, *, demo: bool, encryption_secret: str, webhook_url: str
-) -> int:
+async def init_database(settings: MysqlSettings, *, demo: bool, encryption_secret: str, webhook_url: str) -> int:
     """Creates the database if missing, applies the schema, adds the demo data when asked."""
     try:
         connection = await aiomysql.connect(

@@ -31,9 +31,7 @@ def describe(event: Event) -> str:
     return " ".join(parts)
 
 
-async def tail_events(
-    settings: Settings, *, streams: Sequence[str] | None, from_start: bool, limit: int | None
-) -> int:
+async def tail_events(settings: Settings, *, streams: Sequence[str] | None, from_start: bool, limit: int | None) -> int:
     names = StreamNames(settings.eventlog.cluster_id)
     kinds = list(streams or STREAM_KINDS)
     unknown = [k for k in kinds if k not in STREAM_KINDS]

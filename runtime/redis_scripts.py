@@ -20,9 +20,7 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         _BY_SHA[self.sha] = self
 
-    def command(
-        self, keys: Sequence[str], args: Sequence[str | int | float]
-    ) -> tuple[str | int | float, ...]:
+    def command(self, keys: Sequence[str], args: Sequence[str | int | float]) -> tuple[str | int | float, ...]:
         return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
     async def run(self, redis: object, keys: Sequence[str], args: Sequence[str | int | float]) -> object:

@@ -283,9 +283,7 @@ class _Reader:
                     raise ConfigError("JAMBONES_REDIS_SENTINELS", f"bad entry {item!r} (want host[:port])")
                 sentinels.append((host, int(port) if port else 26379))
             if master is None:
-                raise ConfigError(
-                    "JAMBONES_REDIS_SENTINEL_MASTER_NAME", "is required with JAMBONES_REDIS_SENTINELS"
-                )
+                raise ConfigError("JAMBONES_REDIS_SENTINEL_MASTER_NAME", "is required with JAMBONES_REDIS_SENTINELS")
         elif self.raw("JAMBONES_REDIS_HOST") is None:
             raise ConfigError("JAMBONES_REDIS_HOST", "is required (or JAMBONES_REDIS_SENTINELS)")
         return RedisSettings(
@@ -318,8 +316,7 @@ class _Reader:
             if transport not in SIP_TRANSPORTS or not host or not port.isdigit() or int(port) > 65535:
                 raise ConfigError(
                     name,
-                    f"bad listener {item!r} (want transport:host:port, transport one of "
-                    f"{', '.join(SIP_TRANSPORTS)})",
+                    f"bad listener {item!r} (want transport:host:port, transport one of {', '.join(SIP_TRANSPORTS)})",
                 )
             try:
                 ipaddress.ip_address(host)
@@ -383,8 +380,7 @@ class _Reader:
         if eventlog.claim_idle_ms <= webhook_timeout_s * 1000:
             raise ConfigError(
                 "SIDECAR_CLAIM_IDLE_MS",
-                "must exceed SIDECAR_WEBHOOK_TIMEOUT_S, or live work "
-                "would be re-claimed while still in progress",
+                "must exceed SIDECAR_WEBHOOK_TIMEOUT_S, or live work would be re-claimed while still in progress",
             )
         return Settings(
             mysql=mysql,
@@ -414,9 +410,7 @@ class _Reader:
             nonce_ttl_s=self.integer("SIDECAR_NONCE_TTL_S", 300, minimum=1),
             reply_timeout_s=self.number("SIDECAR_REPLY_TIMEOUT_S", 10.0, minimum=0.1),
             ingest_id=self.text("SIDECAR_INGEST_ID", f"{socket.gethostname()}-{os.getpid()}"),
-            sbc_public_address_keep_alive_ms=self.integer(
-                "SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000
-            ),
+            sbc_public_address_keep_alive_ms=self.integer("SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000),
             dead_sbc_s=self.integer("DEAD_SBC_IN_SECOND", 3600),
             expires_interval_ms=self.integer("EXPIRES_INTERVAL", 60_000, minimum=1),
             check_expires_interval_ms=self.integer("CHECK_EXPIRES_INTERVAL", 20_000, minimum=1),
@@ -426,9 +420,7 @@ class _Reader:
             register_response_remove=self.status_codes("REGISTER_RESPONSE_REMOVE"),
             regbot_failure_threshold=self.integer("JAMBONES_REGBOT_REGISTER_FAILURE_THRESHOLD", 3, minimum=1),
             regbot_failure_retry_interval_s=self.integer("JAMBONES_REGBOT_FAILURE_RETRY_INTERVAL", 300),
-            regbot_default_expires_s=self.integer(
-                "JAMBONES_REGBOT_DEFAULT_EXPIRES_INTERVAL", 3600, minimum=1
-            ),
+            regbot_default_expires_s=self.integer("JAMBONES_REGBOT_DEFAULT_EXPIRES_INTERVAL", 3600, minimum=1),
             regbot_min_expires_s=self.integer("JAMBONES_REGBOT_MIN_EXPIRES_INTERVAL", 30),
             regbot_contact_use_ip=self.flag("JAMBONES_REGBOT_CONTACT_USE_IP"),
             regbot_user_agent=self.text("JAMBONES_REGBOT_USER_AGENT", "Jambonz 0.9.6"),

@@ -73,6 +73,9 @@ def header_key(name: str) -> str:
     return key
 
 
+_KEY_MEMO: dict[str, str] = {}
+
+
 def canonical_name(name: str) -> str:
     """The usual spelling of a known header (``i`` -> ``Call-ID``); unknown names are returned unchanged."""
     return _CANONICAL_SPELLING.get(header_key(name), name)
@@ -94,26 +97,40 @@ class Headers:
     message never leaks an Authorization header.
     """
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_first")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         # (lookup key, name as written, value)
         self._fields: list[tuple[str, str, str]] = [_checked_field(name, value) for name, value in fields]
+        self._first: dict[str, str] | None = None  # key -> first value, built on the first lookup
 
     @classmethod
     def from_parsed(cls, fields: list[tuple[str, str, str]]) -> Headers:
         """Wrap ``(key, name, value)`` triples the parser has already validated (no copy, no checks)."""
         headers = cls.__new__(cls)
         headers._fields = fields
+        headers._first = None
         return headers
+
+    def changed(self) -> None:
+        """Drops the lookup index; every mutation of the fields calls it."""
+        self._first = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first field called ``name``."""
-        key = header_key(name)
-        for field_key, _, value in self._fields:
-            if field_key == key:
-                return value
-        return default
+        first = self._first
+        if first is None:
+            first = {}
+            for field_key, _, value in self._fields:
+                if field_key not in first:
+                    first[field_key] = value
+            self._first = first
+        key = _KEY_MEMO.get(name)
+        if key is None:
+            key = header_key(name)
+            if len(_KEY_MEMO) < 4096:
+                _KEY_MEMO[name] = key
+        return first.get(key, default)
 
     def get_all(self, name: str) -> list[str]:
         """The values of every field called ``name``, in order, each as written."""
@@ -135,10 +152,12 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a field."""
         self._fields.append(_checked_field(name, value))
+        self._first = None
 
     def set(self, name: str, value: str) -> None:
         """Give ``name`` exactly one field with ``value``, where its first field was (or at the end)."""
         key, spelled, value = _checked_field(name, value)
+        self._first = None
         for index, (field_key, field_name, _) in enumerate(self._fields):
             if field_key == key:
                 self._fields[index] = (key, field_name, value)
@@ -151,6 +170,7 @@ class Headers:
         key = header_key(name)
         before = len(self._fields)
         self._fields = [field for field in self._fields if field[0] != key]
+        self._first = None
         return before - len(self._fields)
 
     def copy(self) -> Headers:
@@ -267,6 +287,7 @@ class SipMessage:
     def top_via(self, via: Via) -> None:
         """Replace the top Via value (first element of the first Via field), keeping the rest as written."""
         self._top_via = via
+        self.headers.changed()
         fields = self.headers._fields
         for index, (key, name, value) in enumerate(fields):
             if key == "via":

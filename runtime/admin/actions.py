@@ -174,8 +174,7 @@ class AdminActions:
             listing, drained = await self.servers.with_status()
             if action == "fs-available":
                 return success(available=[member for member, is_out in listing if not is_out])
-            servers = [{"server": member, "status": "drained" if is_out else "active"}
-                       for member, is_out in listing]
+            servers = [{"server": member, "status": "drained" if is_out else "active"} for member, is_out in listing]
             return success(servers=servers, drained=drained)
         except (RedisError, TimeoutError) as exc:
             log.warning("admin action failed action=%s error=%s", action, exc)

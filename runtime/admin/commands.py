@@ -266,9 +266,15 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _socket_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--socket", nargs="?", const="", default=None, metavar="PATH",
-                        help="use a running sidecar's admin socket (default path: SBC_SOCKET_PATH or "
-                             f"{DEFAULT_SOCKET_PATH}) instead of Redis")
+    parser.add_argument(
+        "--socket",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="use a running sidecar's admin socket (default path: SBC_SOCKET_PATH or "
+        f"{DEFAULT_SOCKET_PATH}) instead of Redis",
+    )
 
 
 def _run(words: Sequence[str], args: argparse.Namespace, env: Mapping[str, str]) -> int:
