@@ -41,6 +41,28 @@ def _advertised_host(host: str, public_address: str | None) -> str:
     return host
 
 
+UDP_BUFFER_BYTES = 8 * 1024 * 1024
+
+
+def _grow_buffers(transport: object) -> None:
+    """Bigger UDP socket buffers, so a burst of requests waits in the kernel instead of being dropped.
+
+    SO_RCVBUFFORCE passes the system's cap when the process may (root); otherwise SO_RCVBUF gets
+    what the cap (net.core.rmem_max) allows.
+    """
+    sock = transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    if sock is None:
+        return
+    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, UDP_BUFFER_BYTES)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, UDP_BUFFER_BYTES)
+            except OSError as exc:
+                log.debug("udp buffer size left as it was error=%s", exc)
+
+
 class NativeFront:
     """A SipFront over our own sockets. Enter to bind every listener; leave to drain and close."""
 
@@ -130,6 +152,7 @@ class NativeFront:
                 lambda: UdpListener(self.dispatcher), local_addr=(item.host, item.port)
             )
             self._udp.append(protocol)
+            _grow_buffers(protocol.transport)
             port = protocol.local_address[1]
         elif item.transport in ("tcp", "tls"):
             context = _tls_context(self.tls_cert, self.tls_key) if item.transport == "tls" else None
