@@ -9,7 +9,6 @@ from typing import ClassVar
 
 import msgspec
 
-
 _random_bits = random.Random().getrandbits  # seeded from the OS when the module loads
 
 

@@ -26,9 +26,22 @@ from events import (
 )
 from runtime.connections import open_redis
 from runtime.handling import Delivery, Outcome, RedisCommand
+from runtime.redis_scripts import Script
 from runtime.settings import Settings
 
 _json = msgspec.json.Encoder()
+
+# One step in, steps older than the window out, the key kept alive as long as the window:
+# one command per event instead of three.
+RECORD_SCRIPT = Script(
+    "history-record",
+    """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+""",
+)
 
 
 def _source(event: Event) -> str | None:
@@ -104,11 +117,7 @@ class HistoryProjection:
         key = self.names.history(aor)
         at_ms = int(event.occurred_at.timestamp() * 1000)
         oldest_ms = at_ms - self.retention_s * 1000
-        return [
-            ("ZADD", key, at_ms, _json.encode(step)),
-            ("ZREMRANGEBYSCORE", key, "-inf", f"({oldest_ms}"),
-            ("EXPIRE", key, self.retention_s),
-        ]
+        return [RECORD_SCRIPT.command((key,), (at_ms, _json.encode(step).decode(), oldest_ms, self.retention_s))]
 
     async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         return [Outcome(writes=self.commands_for(d.entry_id, d.event)) for d in deliveries]

@@ -211,7 +211,7 @@ class Consumer:
 
     async def _commit(self, batch: _Batch, results: Sequence[Outcome | BaseException]) -> None:
         writes = [c for r in results if isinstance(r, Outcome) for c in r.writes]
-        commands: list[Sequence[object]] = [("SCRIPT", "LOAD", script.source) for script in scripts_used(writes)]
+        commands: list[Sequence[object]] = []
         acked: dict[str, list[str]] = {}
         failed = 0
         xadd = self.log.xadd_command
@@ -262,7 +262,7 @@ class Consumer:
             commands.append(("HSET", checkpoint, stream, ids[-1]))
         if not acked and not failed:
             return
-        await self.log.commit(commands)
+        await self.log.commit(commands, scripts_used(writes))
         if self._failures:
             for stream, ids in acked.items():
                 for entry_id in ids:

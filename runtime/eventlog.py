@@ -17,6 +17,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from events import Event, EventCodec, StreamNames
 from runtime.errors import StoreUnavailable
+from runtime.redis_scripts import Script
 from runtime.resp import LinkSettings, RespLink
 from runtime.settings import EventLogSettings
 
@@ -125,12 +126,19 @@ class EventLog:
         self._readers.append(reader)
         return reader
 
-    async def commit(self, commands: Sequence[Sequence[object]]) -> None:
-        """Runs the commands in one MULTI/EXEC."""
+    async def commit(self, commands: Sequence[Sequence[object]], scripts: Sequence[Script] = ()) -> None:
+        """Runs the commands in one MULTI/EXEC, the scripts they call loaded first inside it.
+
+        MULTI does not roll back a NOSCRIPT error, so a script must be known before its EVALSHA runs:
+        it is loaded in the same transaction whenever this connection has not loaded it yet (a new
+        connection may be to a restarted Redis).
+        """
         if self._link is not None:
-            await self._link.transaction(commands)
+            await self._link.transaction(commands, [(s.sha, s.source) for s in scripts])
             return
         pipe = self.redis.pipeline(transaction=True)
+        for script in scripts:
+            pipe.execute_command("SCRIPT", "LOAD", script.source)
         for command in commands:
             pipe.execute_command(*command)
         await pipe.execute()

@@ -219,3 +219,20 @@ async def test_groups_are_created_idempotently(
     await eventlog.ensure_group(names.requests, group)
     groups = await redis.xinfo_groups(names.requests)
     assert [g["name"] for g in groups] == [group.encode()]
+
+
+async def test_commit_loads_a_script_once_per_connection_and_again_after_a_restart(
+    eventlog: EventLog, names: StreamNames, redis: Redis
+):
+    from runtime.redis_scripts import Script
+
+    script = Script("test-incr", "return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    key = f"{names.prefix}:counter"
+    await redis.execute_command("SCRIPT", "FLUSH")  # as after a Redis restart
+    await eventlog.commit([script.command((key,), (2,))], [script])
+    await eventlog.commit([script.command((key,), (3,))], [script])
+    assert int(await redis.get(key)) == 5
+    eventlog._link.close()  # type: ignore[union-attr]  # the connection drops; Redis may have restarted
+    await redis.execute_command("SCRIPT", "FLUSH")
+    await eventlog.commit([script.command((key,), (4,))], [script])
+    assert int(await redis.get(key)) == 9
