@@ -20,6 +20,7 @@ from events import StreamNames
 from runtime import app
 from runtime.settings import Settings
 from tests.conftest import base_env, free_port
+from tests.e2e.jambonz import AuthWebhook
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 SIPP = shutil.which("sipp")
@@ -99,6 +100,17 @@ async def sidecar(cluster_id: str, mysql_db: str, redis: Redis) -> AsyncIterator
         yield running
     finally:
         await stop_sidecar(running)
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[AuthWebhook]:
+    """The SPEC 6 customer auth webhook, a real aiohttp server on an ephemeral port."""
+    hook = AuthWebhook()
+    await hook.start()
+    try:
+        yield hook
+    finally:
+        await hook.close()
 
 
 @dataclass

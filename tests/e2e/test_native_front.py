@@ -7,11 +7,9 @@ import datetime
 import hashlib
 import random
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -90,16 +88,6 @@ async def test_tls_listener_answers_and_reports_tls(tmp_path: Path) -> None:
             assert response.call_id == f"tls{n}"
         writer.close()
     assert seen == ["tls", "tls"]
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[AuthWebhook]:
-    hook = AuthWebhook()
-    await hook.start()
-    try:
-        yield hook
-    finally:
-        await hook.close()
 
 
 def digest_authorization(challenge: str, user: str, password: str, uri: str) -> str:

@@ -14,16 +14,6 @@ from tests.e2e.conftest import Sidecar, run_sipp, start_sidecar, stop_sidecar
 from tests.e2e.jambonz import AuthWebhook, populate
 
 
-@pytest.fixture
-async def webhook() -> AsyncIterator[AuthWebhook]:
-    hook = AuthWebhook()
-    await hook.start()
-    try:
-        yield hook
-    finally:
-        await hook.close()
-
-
 async def clear_jambonz_keys(redis: Redis) -> None:
     keys = [k async for k in redis.scan_iter(match="user:*jambonz.org", count=1000)]
     if keys:
