@@ -14,6 +14,9 @@ from runtime.eventlog import StreamReader
 log = logging.getLogger(__name__)
 
 
+REPLY_STREAM_TTL_S = 3600
+
+
 class ReplyRouter:
     """A Worker: reads this instance's reply stream and hands each decision to its waiting request."""
 
@@ -32,6 +35,7 @@ class ReplyRouter:
         self._stopping = False
         self._last_id = "$"
         self.late_replies = 0
+        self._next_keep_alive = 0.0
 
     def expect(self, correlation_id: str) -> asyncio.Future[ReplyIssued]:
         """Registers a waiter before the request is appended, so no reply can be missed."""
@@ -58,6 +62,26 @@ class ReplyRouter:
             await self._read_until_stopped()
         finally:
             self.reader.close()
+            await self._remove_stream()
+
+    async def _remove_stream(self) -> None:
+        """This instance's reply stream dies with it (the next process gets a stream of its own)."""
+        try:
+            async with asyncio.timeout(2):
+                await self.redis.delete(self.stream)
+        except (RedisError, TimeoutError) as exc:
+            log.warning("reply stream left behind stream=%s error=%s", self.stream, exc)
+
+    async def _keep_alive(self) -> None:
+        """An expiry on the reply stream, renewed while running, so a crashed instance leaves nothing."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_keep_alive:
+            return
+        self._next_keep_alive = now + REPLY_STREAM_TTL_S / 4
+        try:
+            await self.redis.expire(self.stream, REPLY_STREAM_TTL_S)
+        except RedisError as exc:
+            log.warning("reply stream expiry not renewed error=%s", exc)
 
     async def _read_until_stopped(self) -> None:
         backoff = 0.05
@@ -72,6 +96,7 @@ class ReplyRouter:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            await self._keep_alive()
             if not response:
                 if self._stopping:
                     return

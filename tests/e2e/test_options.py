@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.e2e.conftest import Sidecar, run_sipp, udp_exchange
@@ -28,3 +30,20 @@ async def test_keepalive_options_make_no_events(sidecar: Sidecar, redis) -> None
     assert b"Via: SIP/2.0/UDP 10.9.8.7:5999;branch=z9hG4bKka1;rport=" in answer
     assert b";received=127.0.0.1" in answer
     assert await redis.xlen(sidecar.names.requests) == 0
+
+
+async def test_the_reply_stream_expires_and_is_removed_at_stop(cluster_id: str, mysql_db: str, redis) -> None:
+    from tests.e2e.conftest import start_sidecar, stop_sidecar
+
+    sidecar = await start_sidecar(cluster_id, mysql_db)
+    stream = sidecar.names.replies(sidecar.settings.ingest_id)
+    try:
+        await redis.xadd(stream, {"type": "x", "v": "1", "data": "{}"})  # as a processor's reply would
+        for _ in range(60):
+            if await redis.ttl(stream) > 0:
+                break
+            await asyncio.sleep(0.05)
+        assert 0 < await redis.ttl(stream) <= 3600
+    finally:
+        await stop_sidecar(sidecar)
+    assert not await redis.exists(stream)
