@@ -63,12 +63,13 @@ async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio
     """Runs until SIGTERM/SIGINT (or `stop` is set), then stops: ingest first, projections last."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
     async with AsyncExitStack() as stack:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                continue
+            stack.callback(loop.remove_signal_handler, sig)  # the handler goes with this run
         redis = await stack.enter_async_context(open_redis(settings.redis))
         needs_mysql = "processors" in roles
         mysql = await stack.enter_async_context(open_mysql(settings.mysql)) if needs_mysql else None

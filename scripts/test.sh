@@ -6,7 +6,7 @@ bash scripts/services.sh
 bash scripts/venv.sh test
 .venv/bin/ruff check .
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+timeout --kill-after=30 1500 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 status=$?
 set -e
 if [ "$status" = 5 ]; then
