@@ -1,9 +1,9 @@
 """`bench/run`: the registration and OPTIONS ladders against the sidecar, with a JSON report.
 
-    bench/run                       all roles in one process
-    bench/run --split --processors 2
-    bench/run --smoke               one tiny step of each kind (CI)
-    bench/run --profile 2400        also py-spy the service during the 2400/s registration step
+bench/run                       all roles in one process
+bench/run --split --processors 2
+bench/run --smoke               one tiny step of each kind (CI)
+bench/run --profile 2400        also py-spy the service during the 2400/s registration step
 """
 
 from __future__ import annotations
@@ -49,11 +49,16 @@ def rates(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--split", action="store_true", help="run ingest, processors and projections as "
-                        "separate processes")
+    parser = argparse.ArgumentParser(
+        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--split", action="store_true", help="run ingest, processors and projections as separate processes"
+    )
     parser.add_argument("--processors", type=int, default=2, help="processor processes with --split (2)")
+    parser.add_argument(
+        "--ingests", type=int, default=1, help="ingest processes with --split, sharing the SIP port by SO_REUSEPORT (1)"
+    )
     parser.add_argument("--smoke", action="store_true", help="one tiny step of each kind; exit 1 unless both hold")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per step (10; at most 25)")
     parser.add_argument("--register-rates", type=rates, default=REGISTER_RATES, help="comma list, registrations/s")
@@ -61,12 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe-rate", type=float, default=20.0, help="probe transactions per second (20)")
     parser.add_argument("--redis-db", type=int, default=11, help="Redis database number of the run (11)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--profile", type=int, metavar="RATE", help="py-spy the service processes during the "
-                        "registration step at RATE")
-    parser.add_argument("--sidecar", default=str(SIDECAR), metavar="COMMAND", help="the sbc-sidecar executable "
-                        "to run (another build, for a before/after comparison)")
-    parser.add_argument("--keep-services", action="store_true", help="leave Redis/MariaDB running even if this "
-                        "run started them")
+    parser.add_argument(
+        "--profile", type=int, metavar="RATE", help="py-spy the service processes during the registration step at RATE"
+    )
+    parser.add_argument(
+        "--sidecar",
+        default=str(SIDECAR),
+        metavar="COMMAND",
+        help="the sbc-sidecar executable to run (another build, for a before/after comparison)",
+    )
+    parser.add_argument(
+        "--keep-services", action="store_true", help="leave Redis/MariaDB running even if this run started them"
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, sipp stats)")
     return parser
 
@@ -94,7 +105,7 @@ class BenchRun:
     def __init__(self, args: argparse.Namespace, work_dir: Path) -> None:
         self.args = args
         self.work_dir = work_dir
-        self.layout = Layout(split=args.split, processors=args.processors, command=args.sidecar)
+        self.layout = Layout(split=args.split, processors=args.processors, ingests=args.ingests, command=args.sidecar)
         self.profiles: dict[str, object] = {}
         self.idle_cpu: dict[str, float] = {}
 
@@ -122,8 +133,15 @@ class BenchRun:
                 webhook, webhook_port = await start_webhook(processes, tenant)
                 await database.create(tenant, f"http://127.0.0.1:{webhook_port}/auth")
                 await redis.clean()
-                stage = Stage(processes, {**database.env(), **redis.env(), "ENCRYPTION_SECRET": secrets.token_hex(16)},
-                              tenant, redis, webhook.pid, webhook_port, await redis.server_pid())
+                stage = Stage(
+                    processes,
+                    {**database.env(), **redis.env(), "ENCRYPTION_SECRET": secrets.token_hex(16)},
+                    tenant,
+                    redis,
+                    webhook.pid,
+                    webhook_port,
+                    await redis.server_pid(),
+                )
                 results = await self._climb(stage)
                 memory = await redis.used_memory_bytes()
         finally:
@@ -146,8 +164,9 @@ class BenchRun:
                 if kind == "register":
                     self.idle_cpu = await ladder.idle_cpu(1.0 if self.args.smoke else 3.0)
                     say(f"[bench] idle CPU, share of one core: {self.idle_cpu}")
-                climbed[kind] = await ladder.climb(kind, rates, duration_s, self._print_step,
-                                                   self._beside(service, duration_s))
+                climbed[kind] = await ladder.climb(
+                    kind, rates, duration_s, self._print_step, self._beside(service, duration_s)
+                )
             finally:
                 for child in service.children:
                     await stage.processes.stop(child)
@@ -160,14 +179,27 @@ class BenchRun:
         if stage.redis_pid is not None:
             meter.add("redis", stage.redis_pid)
         meter.add("webhook", stage.webhook_pid)
-        sipp = Sipp(self.work_dir, stage.processes, target_port=service.sip_port,
-                    password=stage.tenant.user_password, local_port=free_port())
+        sipp = Sipp(
+            self.work_dir,
+            stage.processes,
+            target_port=service.sip_port,
+            password=stage.tenant.user_password,
+            local_port=free_port(),
+        )
         probe_rate = self.args.probe_rate / (2 if self.args.smoke else 1)
-        return Ladder(service, sipp, meter, probe_rate, stage.tenant.user_password,
-                      lambda: webhook_counts(stage.webhook_port), stage.redis.command_calls)
+        return Ladder(
+            service,
+            sipp,
+            meter,
+            probe_rate,
+            stage.tenant.user_password,
+            lambda: webhook_counts(stage.webhook_port),
+            stage.redis.command_calls,
+        )
 
-    def _beside(self, service: RunningService, duration_s: float
-                ) -> Callable[[str, int], Callable[[], Coroutine[Any, Any, object]] | None]:
+    def _beside(
+        self, service: RunningService, duration_s: float
+    ) -> Callable[[str, int], Callable[[], Coroutine[Any, Any, object]] | None]:
         def at(kind: str, rate: int) -> Callable[[], Coroutine[Any, Any, object]] | None:
             if kind != "register" or rate != self.args.profile:
                 return None
@@ -203,11 +235,19 @@ class BenchRun:
             "processors": self.layout.processors if self.layout.split else None,
             "smoke": self.args.smoke,
             "git": git_commit(),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "loadavg": os.getloadavg(), "redis_used_memory_bytes": redis_memory_bytes},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "loadavg": os.getloadavg(),
+                "redis_used_memory_bytes": redis_memory_bytes,
+            },
             "idle_cpu_share_of_core": self.idle_cpu,
-            "config": {"duration_s": {k: v[1] for k, v in plan.items()}, "probe_rate_per_s": self.args.probe_rate,
-                       "register_rates": list(plan["register"][0]), "options_rates": list(plan["options"][0])},
+            "config": {
+                "duration_s": {k: v[1] for k, v in plan.items()},
+                "probe_rate_per_s": self.args.probe_rate,
+                "register_rates": list(plan["register"][0]),
+                "options_rates": list(plan["options"][0]),
+            },
             "register": [step.as_dict() for step in register],
             "options": [step.as_dict() for step in options],
         }

@@ -22,7 +22,7 @@ def process_cpu_s(pid: int) -> float | None:
             text = stat.read()
     except OSError:
         return None
-    fields = text[text.rindex(b")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+    fields = text[text.rindex(b")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / CLOCK_TICKS_PER_S
 
@@ -71,10 +71,12 @@ class CpuSpent:
 
     @classmethod
     def between(cls, before: CpuSnapshot, after: CpuSnapshot) -> CpuSpent:
-        parts = {name: round(after.by_part_s[name] - before.by_part_s.get(name, 0.0), 3)
-                 for name in after.by_part_s}
-        return cls(parts, round(after.machine_busy_s - before.machine_busy_s, 3),
-                   round(after.machine_total_s - before.machine_total_s, 3))
+        parts = {name: round(after.by_part_s[name] - before.by_part_s.get(name, 0.0), 3) for name in after.by_part_s}
+        return cls(
+            parts,
+            round(after.machine_busy_s - before.machine_busy_s, 3),
+            round(after.machine_total_s - before.machine_total_s, 3),
+        )
 
     def total_s(self, parts: tuple[str, ...]) -> float:
         return sum(self.by_part_s.get(name, 0.0) for name in parts)

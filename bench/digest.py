@@ -32,8 +32,16 @@ def md5_hex(text: str) -> str:
 
 
 def digest_response(
-    *, username: str, realm: str, password: str, method: str, uri: str, nonce: str,
-    qop: str | None = None, nc: str | None = None, cnonce: str | None = None,
+    *,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
 ) -> str:
     ha1 = md5_hex(f"{username}:{realm}:{password}")
     ha2 = md5_hex(f"{method}:{uri}")

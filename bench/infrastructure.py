@@ -67,8 +67,12 @@ class Servers:
         if all(before.values()) and _have_sipp():
             return
         process = await asyncio.create_subprocess_exec(
-            "bash", str(REPO / "scripts" / "services.sh"), "--no-influx", stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT)
+            "bash",
+            str(REPO / "scripts" / "services.sh"),
+            "--no-influx",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         output, _ = await process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"scripts/services.sh failed:\n{output.decode(errors='replace')}")
@@ -79,8 +83,17 @@ class Servers:
         if "redis" in self.started:
             await _quiet("redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT), "shutdown", "nosave")
         if "mariadb" in self.started:
-            await _quiet("mariadb-admin", "-h", MYSQL_HOST, "-P", str(MYSQL_PORT), "-u", MYSQL_USER,
-                         *([f"-p{MYSQL_PASSWORD}"] if MYSQL_PASSWORD else []), "shutdown")
+            await _quiet(
+                "mariadb-admin",
+                "-h",
+                MYSQL_HOST,
+                "-P",
+                str(MYSQL_PORT),
+                "-u",
+                MYSQL_USER,
+                *([f"-p{MYSQL_PASSWORD}"] if MYSQL_PASSWORD else []),
+                "shutdown",
+            )
         self.started = []
 
 
@@ -113,14 +126,23 @@ class BenchDatabase:
         self.name = f"sbc_bench_{secrets.token_hex(3)}"
 
     def env(self) -> dict[str, str]:
-        return {"JAMBONES_MYSQL_HOST": MYSQL_HOST, "JAMBONES_MYSQL_PORT": str(MYSQL_PORT),
-                "JAMBONES_MYSQL_USER": MYSQL_USER, "JAMBONES_MYSQL_PASSWORD": MYSQL_PASSWORD,
-                "JAMBONES_MYSQL_DATABASE": self.name}
+        return {
+            "JAMBONES_MYSQL_HOST": MYSQL_HOST,
+            "JAMBONES_MYSQL_PORT": str(MYSQL_PORT),
+            "JAMBONES_MYSQL_USER": MYSQL_USER,
+            "JAMBONES_MYSQL_PASSWORD": MYSQL_PASSWORD,
+            "JAMBONES_MYSQL_DATABASE": self.name,
+        }
 
     async def create(self, tenant: Tenant, webhook_url: str) -> None:
         process = await asyncio.create_subprocess_exec(
-            str(REPO / ".venv" / "bin" / "sbc-sidecar"), "db", "init", env={**os.environ, **self.env()},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            str(REPO / ".venv" / "bin" / "sbc-sidecar"),
+            "db",
+            "init",
+            env={**os.environ, **self.env()},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         output, _ = await process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"sbc-sidecar db init failed:\n{output.decode(errors='replace')}")
@@ -131,13 +153,16 @@ class BenchDatabase:
                 await cursor.execute(
                     "INSERT INTO webhooks (webhook_sid, url, method, username, password) "
                     "VALUES (%s, %s, 'POST', %s, %s)",
-                    (hook, webhook_url, tenant.webhook_user, tenant.webhook_password))
-                await cursor.execute("INSERT INTO service_providers (service_provider_sid, name) VALUES (%s, %s)",
-                                     (provider, "bench"))
+                    (hook, webhook_url, tenant.webhook_user, tenant.webhook_password),
+                )
+                await cursor.execute(
+                    "INSERT INTO service_providers (service_provider_sid, name) VALUES (%s, %s)", (provider, "bench")
+                )
                 await cursor.execute(
                     "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, "
                     "registration_hook_sid, webhook_secret, is_active) VALUES (%s, 'bench', %s, %s, %s, %s, 1)",
-                    (account, tenant.realm, provider, hook, tenant.webhook_secret))
+                    (account, tenant.realm, provider, hook, tenant.webhook_secret),
+                )
         finally:
             connection.close()
 
@@ -152,8 +177,9 @@ class BenchDatabase:
     @staticmethod
     async def _connect(database: str | None) -> aiomysql.Connection:
         async with asyncio.timeout(10):
-            return await aiomysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER,
-                                          password=MYSQL_PASSWORD, db=database, autocommit=True)
+            return await aiomysql.connect(
+                host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, db=database, autocommit=True
+            )
 
 
 class BenchRedis:
@@ -165,8 +191,12 @@ class BenchRedis:
         self.client = Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
 
     def env(self) -> dict[str, str]:
-        return {"JAMBONES_REDIS_HOST": REDIS_HOST, "JAMBONES_REDIS_PORT": str(REDIS_PORT),
-                "SIDECAR_REDIS_DB": str(self.db), "JAMBONES_CLUSTER_ID": self.cluster_id}
+        return {
+            "JAMBONES_REDIS_HOST": REDIS_HOST,
+            "JAMBONES_REDIS_PORT": str(REDIS_PORT),
+            "SIDECAR_REDIS_DB": str(self.db),
+            "JAMBONES_CLUSTER_ID": self.cluster_id,
+        }
 
     async def server_pid(self) -> int | None:
         info = await self.client.info("server")
@@ -176,8 +206,11 @@ class BenchRedis:
     async def command_calls(self) -> dict[str, int]:
         """Calls per command since the server started (INFO commandstats; server-wide, all databases)."""
         stats = await self.client.info("commandstats")
-        return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()
-                if isinstance(value, dict) and "calls" in value}
+        return {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if isinstance(value, dict) and "calls" in value
+        }
 
     async def used_memory_bytes(self) -> int:
         return int((await self.client.info("memory"))["used_memory"])
@@ -196,7 +229,7 @@ class BenchRedis:
                 deleted += await self.client.unlink(*batch)
         members = [m async for m, _ in self.client.zscan_iter("active-user", match=f"user:*@{realm}", count=5000)]
         for start in range(0, len(members), 5000):
-            await self.client.zrem("active-user", *members[start:start + 5000])
+            await self.client.zrem("active-user", *members[start : start + 5000])
         return deleted
 
     async def close(self) -> None:

@@ -55,7 +55,8 @@ class StepResult:
         if not self.operations:
             return {name: None for name in (*SYSTEM_PARTS, "system", "sipp")}
         per: dict[str, float | None] = {
-            name: round(self.cpu.by_part_s.get(name, 0.0) * 1e6 / self.operations, 1) for name in SYSTEM_PARTS}
+            name: round(self.cpu.by_part_s.get(name, 0.0) * 1e6 / self.operations, 1) for name in SYSTEM_PARTS
+        }
         per["system"] = round(self.cpu.total_s(SYSTEM_PARTS) * 1e6 / self.operations, 1)
         per["sipp"] = round(self.sipp_cpu_s * 1e6 / self.operations, 1)
         return per
@@ -63,12 +64,20 @@ class StepResult:
     def as_dict(self) -> dict[str, object]:
         known_s = self.cpu.total_s(SYSTEM_PARTS) + self.sipp_cpu_s + self.bench_client_cpu_s
         return {
-            "kind": self.kind, "rate_per_s": self.rate_per_s, "holds": self.holds, "reasons": self.reasons,
-            "sipp": self.sipp.as_dict(), "probe": self.probe.summary(),
-            "cpu_s": {**self.cpu.by_part_s, "sipp": round(self.sipp_cpu_s, 3),
-                      "bench_client": round(self.bench_client_cpu_s, 3),
-                      "machine_busy": self.cpu.machine_busy_s, "machine_total": self.cpu.machine_total_s,
-                      "machine_other": round(max(0.0, self.cpu.machine_busy_s - known_s), 3)},
+            "kind": self.kind,
+            "rate_per_s": self.rate_per_s,
+            "holds": self.holds,
+            "reasons": self.reasons,
+            "sipp": self.sipp.as_dict(),
+            "probe": self.probe.summary(),
+            "cpu_s": {
+                **self.cpu.by_part_s,
+                "sipp": round(self.sipp_cpu_s, 3),
+                "bench_client": round(self.bench_client_cpu_s, 3),
+                "machine_busy": self.cpu.machine_busy_s,
+                "machine_total": self.cpu.machine_total_s,
+                "machine_other": round(max(0.0, self.cpu.machine_busy_s - known_s), 3),
+            },
             "cpu_us_per_op": self.cpu_us_per_op(),
             "webhook": self.webhook_counts,
             "udp_errors": self.udp_errors,
@@ -134,8 +143,13 @@ class Ladder:
     next_user: int = 0
     probe_users: Iterator[int] = field(default_factory=lambda: itertools.count(PROBE_FIRST_USER))
 
-    async def step(self, kind: str, rate_per_s: int, duration_s: float,
-                   beside: Callable[[], Coroutine[Any, Any, object]] | None = None) -> StepResult:
+    async def step(
+        self,
+        kind: str,
+        rate_per_s: int,
+        duration_s: float,
+        beside: Callable[[], Coroutine[Any, Any, object]] | None = None,
+    ) -> StepResult:
         """One bounded step; `beside` runs alongside the load (a profiler)."""
         await self.settle()
         first_user = self.next_user
@@ -146,8 +160,9 @@ class Ladder:
         hook_before, udp_before, calls_before = await self.webhook_counts(), udp_errors(), await self.redis_calls()
         drops_before = udp_socket_drops(self.service.sip_port)
         stop_probe = asyncio.Event()
-        async with Probe(self.service.sip_port, kind=kind, password=self.user_password,
-                         users=self.probe_users) as probe:
+        async with Probe(
+            self.service.sip_port, kind=kind, password=self.user_password, users=self.probe_users
+        ) as probe:
             before, sipp_before, self_before = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
             async with asyncio.TaskGroup() as group:
                 probe_task = group.create_task(probe.run(self.probe_rate_per_s, stop_probe))
@@ -162,18 +177,29 @@ class Ladder:
         drops_after = udp_socket_drops(self.service.sip_port)
         if drops_before is not None and drops_after is not None:
             udp_after = {**udp_after, "service_socket_drops": drops_after - drops_before}
-        step = StepResult(kind, rate_per_s, run, probe_task.result(), CpuSpent.between(before, after),
-                          sipp_cpu_s=sipp_after - sipp_before, bench_client_cpu_s=self_after - self_before,
-                          webhook_counts=_minus(hook_after, hook_before),
-                          udp_errors={k: v - udp_before.get(k, 0) for k, v in udp_after.items()},
-                          redis_calls=_minus(calls_after, calls_before))
+        step = StepResult(
+            kind,
+            rate_per_s,
+            run,
+            probe_task.result(),
+            CpuSpent.between(before, after),
+            sipp_cpu_s=sipp_after - sipp_before,
+            bench_client_cpu_s=self_after - self_before,
+            webhook_counts=_minus(hook_after, hook_before),
+            udp_errors={k: v - udp_before.get(k, 0) for k, v in udp_after.items()},
+            redis_calls=_minus(calls_after, calls_before),
+        )
         step.reasons = judge(step, self.service)
         return step
 
-    async def climb(self, kind: str, rates: Sequence[int], duration_s: float,
-                    report: Callable[[StepResult], None],
-                    beside_at: Callable[[str, int], Callable[[], Coroutine[Any, Any, object]] | None] | None = None,
-                    ) -> list[StepResult]:
+    async def climb(
+        self,
+        kind: str,
+        rates: Sequence[int],
+        duration_s: float,
+        report: Callable[[StepResult], None],
+        beside_at: Callable[[str, int], Callable[[], Coroutine[Any, Any, object]] | None] | None = None,
+    ) -> list[StepResult]:
         """Steps up `rates` until one does not hold (that one is kept too)."""
         steps = []
         for rate in rates:

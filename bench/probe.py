@@ -96,18 +96,30 @@ class ProbeResult:
 
     def summary(self) -> dict[str, object]:
         ordered = sorted(self.latencies_ms)
-        rounded = {name: None if value is None else round(value, 3) for name, value in
-                   (("p50_ms", percentile(ordered, 0.50)), ("p90_ms", percentile(ordered, 0.90)),
-                    ("p99_ms", percentile(ordered, 0.99)), ("max_ms", ordered[-1] if ordered else None))}
-        return {"ok": len(ordered), "failed": sum(self.failures.values()),
-                "failures": dict(self.failures), **rounded}
+        rounded = {
+            name: None if value is None else round(value, 3)
+            for name, value in (
+                ("p50_ms", percentile(ordered, 0.50)),
+                ("p90_ms", percentile(ordered, 0.90)),
+                ("p99_ms", percentile(ordered, 0.99)),
+                ("max_ms", ordered[-1] if ordered else None),
+            )
+        }
+        return {"ok": len(ordered), "failed": sum(self.failures.values()), "failures": dict(self.failures), **rounded}
 
 
 class Probe:
     """Times registrations (kind "register") or OPTIONS (kind "options") against one UDP target."""
 
-    def __init__(self, target_port: int, *, kind: str = "register", password: str = "",
-                 users: Iterator[int] | None = None, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        kind: str = "register",
+        password: str = "",
+        users: Iterator[int] | None = None,
+        target_host: str = "127.0.0.1",
+    ) -> None:
         if kind not in ("register", "options"):
             raise ValueError(f"probe kind is register or options, not {kind!r}")
         self.kind = kind
@@ -158,12 +170,14 @@ class Probe:
             result.failures[failure] += 1
 
     def _headers(self, method: str, call_id: str, cseq: int, from_user: str) -> list[str]:
-        return [f"Via: SIP/2.0/UDP 127.0.0.1:{self._local_port};branch=z9hG4bK{os.urandom(6).hex()};rport",
-                "Max-Forwards: 70",
-                f"From: <sip:{from_user}@{REALM}>;tag={call_id}",
-                f"To: <sip:{from_user}@{REALM}>",
-                f"Call-ID: {call_id}",
-                f"CSeq: {cseq} {method}"]
+        return [
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self._local_port};branch=z9hG4bK{os.urandom(6).hex()};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:{from_user}@{REALM}>;tag={call_id}",
+            f"To: <sip:{from_user}@{REALM}>",
+            f"Call-ID: {call_id}",
+            f"CSeq: {cseq} {method}",
+        ]
 
     async def _options(self) -> str | None:
         call_id = f"probe-{self._tag}-{next(self._calls)}"
@@ -182,23 +196,38 @@ class Probe:
         challenge = challenge_params(first.headers["www-authenticate"])
         cnonce, nc = os.urandom(8).hex(), "00000001"
         qop = "auth" if "auth" in challenge.get("qop", "").split(",") else None
-        response = digest_response(username=user, realm=challenge["realm"], password=self.password,
-                                   method="REGISTER", uri=uri, nonce=challenge["nonce"], qop=qop, nc=nc,
-                                   cnonce=cnonce)
-        authorization = (f'Authorization: Digest username="{user}", realm="{challenge["realm"]}", '
-                         f'nonce="{challenge["nonce"]}", uri="{uri}", response="{response}", algorithm=MD5')
+        response = digest_response(
+            username=user,
+            realm=challenge["realm"],
+            password=self.password,
+            method="REGISTER",
+            uri=uri,
+            nonce=challenge["nonce"],
+            qop=qop,
+            nc=nc,
+            cnonce=cnonce,
+        )
+        authorization = (
+            f'Authorization: Digest username="{user}", realm="{challenge["realm"]}", '
+            f'nonce="{challenge["nonce"]}", uri="{uri}", response="{response}", algorithm=MD5'
+        )
         if qop:
             authorization += f', qop={qop}, nc={nc}, cnonce="{cnonce}"'
         if "opaque" in challenge:
             authorization += f', opaque="{challenge["opaque"]}"'
         second = await self._protocol.exchange(
-            f"{call_id} 2", self._register_message(user, call_id, 2, authorization), self.target)
+            f"{call_id} 2", self._register_message(user, call_id, 2, authorization), self.target
+        )
         return None if second.status == 200 else f"second answer {second.status}"
 
     def _register_message(self, user: str, call_id: str, cseq: int, authorization: str | None = None) -> bytes:
-        lines = [f"REGISTER sip:{REALM} SIP/2.0", *self._headers("REGISTER", call_id, cseq, user),
-                 f"Contact: <sip:{user}@127.0.0.1:{self._local_port};transport=udp>;expires={REGISTER_EXPIRES_S}",
-                 f"Expires: {REGISTER_EXPIRES_S}", "User-Agent: sbc-bench-probe"]
+        lines = [
+            f"REGISTER sip:{REALM} SIP/2.0",
+            *self._headers("REGISTER", call_id, cseq, user),
+            f"Contact: <sip:{user}@127.0.0.1:{self._local_port};transport=udp>;expires={REGISTER_EXPIRES_S}",
+            f"Expires: {REGISTER_EXPIRES_S}",
+            "User-Agent: sbc-bench-probe",
+        ]
         if authorization:
             lines.append(authorization)
         lines += ["Content-Length: 0", "", ""]

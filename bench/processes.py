@@ -51,17 +51,31 @@ class ProcessGroup:
     async def __aenter__(self) -> ProcessGroup:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await asyncio.shield(self.stop_all())
 
-    async def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                    cwd: Path | None = None, stdout_pipe: bool = False) -> Child:
+    async def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stdout_pipe: bool = False,
+    ) -> Child:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
-                *argv, env=dict(env) if env is not None else None, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE if stdout_pipe else log, stderr=log, start_new_session=True)
+                *argv,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if stdout_pipe else log,
+                stderr=log,
+                start_new_session=True,
+            )
         child = Child(name, process, log_path)
         self.children.append(child)
         return child

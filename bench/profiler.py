@@ -32,8 +32,9 @@ def py_spy_binary() -> str:
     return found
 
 
-def recorder(children: list[Child], duration_s: float, out_dir: Path, stem: str
-             ) -> Callable[[], Coroutine[Any, Any, list[Path]]]:
+def recorder(
+    children: list[Child], duration_s: float, out_dir: Path, stem: str
+) -> Callable[[], Coroutine[Any, Any, list[Path]]]:
     """A coroutine function recording every child for `duration_s` into `<stem>-<child>.txt`."""
     binary = py_spy_binary()
 
@@ -41,9 +42,22 @@ def recorder(children: list[Child], duration_s: float, out_dir: Path, stem: str
         async def record(child: Child) -> Path:
             path = out_dir / f"{stem}-{child.name}.txt"
             process = await asyncio.create_subprocess_exec(
-                binary, "record", "--pid", str(child.pid), "--format", "raw", "--rate", str(SAMPLE_RATE_HZ),
-                "--duration", str(max(1, int(duration_s))), "--nonblocking", "--output", str(path),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                binary,
+                "record",
+                "--pid",
+                str(child.pid),
+                "--format",
+                "raw",
+                "--rate",
+                str(SAMPLE_RATE_HZ),
+                "--duration",
+                str(max(1, int(duration_s))),
+                "--nonblocking",
+                "--output",
+                str(path),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 await asyncio.wait_for(process.wait(), duration_s + 30)
             finally:
@@ -94,13 +108,20 @@ def top_costs(raw_path: Path, limit: int = 15) -> dict[str, object]:
             total[function] += count
 
     def share(counter: Counter[str]) -> list[dict[str, object]]:
-        return [{"function": name, "percent": round(100.0 * n / samples, 1), "samples": n}
-                for name, n in counter.most_common(limit)]
+        return [
+            {"function": name, "percent": round(100.0 * n / samples, 1), "samples": n}
+            for name, n in counter.most_common(limit)
+        ]
 
     if not samples:
         return {"samples": 0, "self": [], "total": [], "self_by_package": [], "by_task": []}
-    return {"samples": samples, "self": share(own), "total": share(total), "self_by_package": share(packages),
-            "by_task": share(roots)}
+    return {
+        "samples": samples,
+        "self": share(own),
+        "total": share(total),
+        "self_by_package": share(packages),
+        "by_task": share(roots),
+    }
 
 
 def _below_loop(frames: list[str]) -> list[str]:
@@ -108,7 +129,7 @@ def _below_loop(frames: list[str]) -> list[str]:
     (coroutines resumed by uvloop's C code have no such frames at all)."""
     for index in range(len(frames) - 1, -1, -1):
         if frames[index].startswith("Runner.run ("):
-            return frames[index + 1:]
+            return frames[index + 1 :]
     return frames
 
 

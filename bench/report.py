@@ -25,9 +25,10 @@ def git_commit() -> dict[str, object]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--",
-                                                                           "events", "runtime", "ingest",
-                                                                           "processors", "projections"))}
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--", "events", "runtime", "ingest", "processors", "projections")),
+    }
 
 
 def highest_holding(steps: Sequence[StepResult]) -> StepResult | None:
@@ -65,21 +66,25 @@ def last_line(numbers: dict[str, object]) -> str:
 
     cpu = numbers["cpu_us_per_reg"]
     cpu_text = f"{cpu:.0f}" if isinstance(cpu, int | float) else "n/a"
-    return (f"registrations: {numbers['registrations_per_s']}/s p50 {ms(numbers['p50_ms'])} ms "
-            f"p99 {ms(numbers['p99_ms'])} ms cpu {cpu_text} us/reg; options: {numbers['options_per_s']}/s")
+    return (
+        f"registrations: {numbers['registrations_per_s']}/s p50 {ms(numbers['p50_ms'])} ms "
+        f"p99 {ms(numbers['p99_ms'])} ms cpu {cpu_text} us/reg; options: {numbers['options_per_s']}/s"
+    )
 
 
 def step_line(step: StepResult) -> str:
     probe = step.probe.summary()
     cpu = step.cpu_us_per_op()
     verdict = "holds" if step.holds else "FAILS: " + "; ".join(step.reasons)
-    return (f"[bench] {step.kind:8} {step.rate_per_s:6}/s  sipp {step.sipp.successful}/{step.sipp.calls} ok "
-            f"({step.sipp.achieved_per_s:.0f}/s, {step.sipp.retransmissions} retrans)  probe p50 "
-            f"{probe['p50_ms']} p99 {probe['p99_ms']} ms  cpu us/op service {cpu['service']} redis "
-            f"{cpu['redis']} webhook {cpu['webhook']} all {cpu['system']}  redis calls/op "
-            f"{step.redis_calls_per_op().get('all')}  udp drops at the service "
-            f"{step.udp_errors.get('service_socket_drops', '?')} (machine {step.udp_errors.get('RcvbufErrors', 0)})"
-            f"  {verdict}")
+    return (
+        f"[bench] {step.kind:8} {step.rate_per_s:6}/s  sipp {step.sipp.successful}/{step.sipp.calls} ok "
+        f"({step.sipp.achieved_per_s:.0f}/s, {step.sipp.retransmissions} retrans)  probe p50 "
+        f"{probe['p50_ms']} p99 {probe['p99_ms']} ms  cpu us/op service {cpu['service']} redis "
+        f"{cpu['redis']} webhook {cpu['webhook']} all {cpu['system']}  redis calls/op "
+        f"{step.redis_calls_per_op().get('all')}  udp drops at the service "
+        f"{step.udp_errors.get('service_socket_drops', '?')} (machine {step.udp_errors.get('RcvbufErrors', 0)})"
+        f"  {verdict}"
+    )
 
 
 def write_results(results_dir: Path, document: dict[str, object], *, suffix: str = "") -> Path:

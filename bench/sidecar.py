@@ -28,18 +28,30 @@ class Layout:
 
     split: bool = False
     processors: int = 1
+    ingests: int = 1
     command: str = str(SIDECAR)
 
     def processes(self) -> list[tuple[str, str]]:
         """(process name, --roles) for each process to start."""
         if not self.split:
             return [("sidecar", "ingest,processors,projections")]
-        return [("ingest", "ingest"), *[(f"processors-{i}", "processors") for i in range(1, self.processors + 1)],
-                ("projections", "projections")]
+        ingests = (
+            [("ingest", "ingest")]
+            if self.ingests == 1
+            else [(f"ingest-{i}", "ingest") for i in range(1, self.ingests + 1)]
+        )  # one UDP port, SO_REUSEPORT
+        return [
+            *ingests,
+            *[(f"processors-{i}", "processors") for i in range(1, self.processors + 1)],
+            ("projections", "projections"),
+        ]
 
     @property
     def mode(self) -> str:
-        return f"split (ingest, {self.processors} processors, projections)" if self.split else "one process"
+        if not self.split:
+            return "one process"
+        ingest = "ingest" if self.ingests == 1 else f"{self.ingests} ingests"
+        return f"split ({ingest}, {self.processors} processors, projections)"
 
 
 @dataclass
@@ -54,10 +66,15 @@ class RunningService:
 
 async def start_webhook(processes: ProcessGroup, tenant: Tenant) -> tuple[Child, int]:
     """Starts `python -m bench.webhook`; returns it and the port it bound."""
-    env = {**os.environ, "BENCH_WEBHOOK_BASIC": f"{tenant.webhook_user}:{tenant.webhook_password}",
-           "BENCH_WEBHOOK_SECRET": tenant.webhook_secret, "BENCH_USER_PASSWORD": tenant.user_password}
-    child = await processes.start("webhook", [sys.executable, "-m", "bench.webhook"], env=env, cwd=REPO,
-                                  stdout_pipe=True)
+    env = {
+        **os.environ,
+        "BENCH_WEBHOOK_BASIC": f"{tenant.webhook_user}:{tenant.webhook_password}",
+        "BENCH_WEBHOOK_SECRET": tenant.webhook_secret,
+        "BENCH_USER_PASSWORD": tenant.user_password,
+    }
+    child = await processes.start(
+        "webhook", [sys.executable, "-m", "bench.webhook"], env=env, cwd=REPO, stdout_pipe=True
+    )
     assert child.process.stdout is not None
     try:
         async with asyncio.timeout(15):
@@ -70,12 +87,15 @@ async def start_webhook(processes: ProcessGroup, tenant: Tenant) -> tuple[Child,
 
 
 def service_env(base: dict[str, str], *, sip_port: int, http_port: int, ingest_id: str) -> dict[str, str]:
-    return {**os.environ, **base,
-            "SIDECAR_SIP_FRONT": "native",
-            "SIDECAR_SIP_LISTEN": f"udp:127.0.0.1:{sip_port}",
-            "SIDECAR_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-            "SIDECAR_INGEST_ID": ingest_id,
-            "JAMBONES_LOGLEVEL": "warn"}
+    return {
+        **os.environ,
+        **base,
+        "SIDECAR_SIP_FRONT": "native",
+        "SIDECAR_SIP_LISTEN": f"udp:127.0.0.1:{sip_port}",
+        "SIDECAR_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        "SIDECAR_INGEST_ID": ingest_id,
+        "JAMBONES_LOGLEVEL": "warn",
+    }
 
 
 async def start_service(processes: ProcessGroup, layout: Layout, base_env: dict[str, str]) -> RunningService:
@@ -84,8 +104,10 @@ async def start_service(processes: ProcessGroup, layout: Layout, base_env: dict[
     run_id = secrets.token_hex(3)
     for name, roles in layout.processes():
         http_port = free_port()
-        env = service_env(base_env, sip_port=service.sip_port, http_port=http_port,
-                          ingest_id=f"bench-{run_id}-{name}")
+        env = service_env(base_env, sip_port=service.sip_port, http_port=http_port, ingest_id=f"bench-{run_id}-{name}")
+        env["SBC_SOCKET_PATH"] = f"/tmp/sbc-bench-{run_id}-{name}.sock"
+        if layout.ingests > 1:
+            env["SIDECAR_SIP_REUSE_PORT"] = "1"
         child = await processes.start(name, [layout.command, "run", "--roles", roles], env=env, cwd=REPO)
         service.children.append(child)
         service.health_urls.append(f"http://127.0.0.1:{http_port}/health")

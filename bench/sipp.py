@@ -84,10 +84,21 @@ OPTIONS_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 MAX_RUN_S = 30
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 # Counters read from sipp's statistics file (-trace_stat), cumulative columns.
-FAILURE_COLUMNS = ("FailedCannotSendMessage", "FailedMaxUDPRetrans", "FailedTcpConnect", "FailedTcpClosed",
-                   "FailedUnexpectedMessage", "FailedCallRejected", "FailedCmdNotSent", "FailedRegexpDoesntMatch",
-                   "FailedRegexpShouldntMatch", "FailedRegexpHdrNotFound", "FailedOutboundCongestion",
-                   "FailedTimeoutOnRecv", "FailedTimeoutOnSend")
+FAILURE_COLUMNS = (
+    "FailedCannotSendMessage",
+    "FailedMaxUDPRetrans",
+    "FailedTcpConnect",
+    "FailedTcpClosed",
+    "FailedUnexpectedMessage",
+    "FailedCallRejected",
+    "FailedCmdNotSent",
+    "FailedRegexpDoesntMatch",
+    "FailedRegexpShouldntMatch",
+    "FailedRegexpHdrNotFound",
+    "FailedOutboundCongestion",
+    "FailedTimeoutOnRecv",
+    "FailedTimeoutOnSend",
+)
 
 
 def sipp_binary() -> str:
@@ -117,17 +128,26 @@ class SippRun:
         return self.successful / self.wall_s if self.wall_s else 0.0
 
     def as_dict(self) -> dict[str, object]:
-        return {"rate_per_s": self.rate_per_s, "calls": self.calls, "returncode": self.returncode,
-                "wall_s": round(self.wall_s, 3), "created": self.created, "successful": self.successful,
-                "failed": self.failed, "retransmissions": self.retransmissions,
-                "achieved_per_s": round(self.achieved_per_s, 1), "failures": self.failures}
+        return {
+            "rate_per_s": self.rate_per_s,
+            "calls": self.calls,
+            "returncode": self.returncode,
+            "wall_s": round(self.wall_s, 3),
+            "created": self.created,
+            "successful": self.successful,
+            "failed": self.failed,
+            "retransmissions": self.retransmissions,
+            "achieved_per_s": round(self.achieved_per_s, 1),
+            "failures": self.failures,
+        }
 
 
 class Sipp:
     """Writes the scenarios once into `work_dir` and runs one bounded step at a time."""
 
-    def __init__(self, work_dir: Path, processes: ProcessGroup, *, target_port: int, password: str,
-                 local_port: int) -> None:
+    def __init__(
+        self, work_dir: Path, processes: ProcessGroup, *, target_port: int, password: str, local_port: int
+    ) -> None:
         self.work_dir = work_dir
         self.processes = processes
         self.target_port = target_port
@@ -144,13 +164,40 @@ class Sipp:
             out.write("SEQUENTIAL\n")
             out.writelines(f"{user_name(first_user + i)};\n" for i in range(count))
 
-    def argv(self, kind: str, rate_per_s: int, calls: int, timeout_s: int, stat_path: Path,
-             users_path: Path | None) -> list[str]:
-        argv = [self.binary, f"127.0.0.1:{self.target_port}", "-sf", str(self.scenarios[kind]), "-t", "u1",
-                "-i", "127.0.0.1", "-p", str(self.local_port), "-m", str(calls), "-r", str(rate_per_s),
-                "-rp", "1000", "-l", str(max(50, rate_per_s * 2)), "-nostdin", "-timeout", f"{timeout_s}s",
-                "-timeout_error", "-buff_size", str(UDP_BUFFER_BYTES), "-trace_stat", "-stf", str(stat_path),
-                "-fd", "1"]
+    def argv(
+        self, kind: str, rate_per_s: int, calls: int, timeout_s: int, stat_path: Path, users_path: Path | None
+    ) -> list[str]:
+        argv = [
+            self.binary,
+            f"127.0.0.1:{self.target_port}",
+            "-sf",
+            str(self.scenarios[kind]),
+            "-t",
+            "u1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(self.local_port),
+            "-m",
+            str(calls),
+            "-r",
+            str(rate_per_s),
+            "-rp",
+            "1000",
+            "-l",
+            str(max(50, rate_per_s * 2)),
+            "-nostdin",
+            "-timeout",
+            f"{timeout_s}s",
+            "-timeout_error",
+            "-buff_size",
+            str(UDP_BUFFER_BYTES),
+            "-trace_stat",
+            "-stf",
+            str(stat_path),
+            "-fd",
+            "1",
+        ]
         if users_path is not None:
             argv += ["-inf", str(users_path), "-au", "[field0]", "-ap", self.password, "-key", "expires", "3600"]
         return argv
@@ -176,10 +223,18 @@ class Sipp:
         wall_s = time.perf_counter() - started
         stats = read_final_stats(stat_path)
         failures = {name: stats.get(f"{name}(C)", 0) for name in FAILURE_COLUMNS}
-        return SippRun(kind, rate_per_s, calls, child.process.returncode, wall_s,
-                       created=stats.get("TotalCallCreated", 0), successful=stats.get("SuccessfulCall(C)", 0),
-                       failed=stats.get("FailedCall(C)", 0), retransmissions=stats.get("Retransmissions(C)", 0),
-                       failures={name: count for name, count in failures.items() if count})
+        return SippRun(
+            kind,
+            rate_per_s,
+            calls,
+            child.process.returncode,
+            wall_s,
+            created=stats.get("TotalCallCreated", 0),
+            successful=stats.get("SuccessfulCall(C)", 0),
+            failed=stats.get("FailedCall(C)", 0),
+            retransmissions=stats.get("Retransmissions(C)", 0),
+            failures={name: count for name, count in failures.items() if count},
+        )
 
 
 def read_final_stats(path: Path) -> dict[str, int]:

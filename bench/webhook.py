@@ -90,9 +90,17 @@ class Verifier:
         if not is_bench_user(payload.username) or payload.realm != REALM:
             self.counts["unknown_user"] += 1
             return 200, b'{"status":"fail","msg":"unknown user"}'
-        expected = digest_response(username=payload.username, realm=payload.realm, password=self.user_password,
-                                   method=payload.method, uri=payload.uri, nonce=payload.nonce,
-                                   qop=payload.qop, nc=payload.nc, cnonce=payload.cnonce)
+        expected = digest_response(
+            username=payload.username,
+            realm=payload.realm,
+            password=self.user_password,
+            method=payload.method,
+            uri=payload.uri,
+            nonce=payload.nonce,
+            qop=payload.qop,
+            nc=payload.nc,
+            cnonce=payload.cnonce,
+        )
         if not hmac.compare_digest(expected, payload.response):
             self.counts["bad_digest"] += 1
             return 200, b'{"status":"fail","msg":"invalid password"}'
@@ -103,8 +111,9 @@ class Verifier:
 def build_app(verifier: Verifier) -> web.Application:
     async def auth(request: web.Request) -> web.Response:
         body = await request.read()
-        status, answer = verifier.verdict(request.headers.get("Authorization"),
-                                          request.headers.get(SIGNATURE_HEADER, ""), body)
+        status, answer = verifier.verdict(
+            request.headers.get("Authorization"), request.headers.get(SIGNATURE_HEADER, ""), body
+        )
         return web.Response(status=status, body=answer, content_type="application/json")
 
     async def stats(request: web.Request) -> web.Response:
@@ -135,8 +144,9 @@ async def serve(verifier: Verifier) -> None:
 
 def main() -> int:
     try:
-        verifier = Verifier(os.environ["BENCH_WEBHOOK_BASIC"], os.environ["BENCH_WEBHOOK_SECRET"],
-                            os.environ["BENCH_USER_PASSWORD"])
+        verifier = Verifier(
+            os.environ["BENCH_WEBHOOK_BASIC"], os.environ["BENCH_WEBHOOK_SECRET"], os.environ["BENCH_USER_PASSWORD"]
+        )
     except KeyError as exc:
         print(f"bench.webhook: {exc.args[0]} is required", file=sys.stderr)
         return 2

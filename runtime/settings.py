@@ -106,6 +106,7 @@ class SipSettings:
     tls_key: str | None = None
     max_message_bytes: int = 65536
     idle_timeout_s: float = 600.0
+    reuse_port: bool = False
     network_cidrs: tuple[str, ...] = tuple(DEFAULT_NETWORK_CIDR.split(","))
 
 
@@ -395,6 +396,7 @@ class _Reader:
                 tls_key=tls_key,
                 max_message_bytes=self.integer("SIDECAR_SIP_MAX_MESSAGE_BYTES", 65536, minimum=1024),
                 idle_timeout_s=self.number("SIDECAR_SIP_IDLE_TIMEOUT_S", 600.0, minimum=1.0),
+                reuse_port=self.raw("SIDECAR_SIP_REUSE_PORT") in ("1", "true", "yes"),
                 network_cidrs=self.cidrs(),
             ),
             eventlog=eventlog,

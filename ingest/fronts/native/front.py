@@ -75,7 +75,9 @@ class NativeFront:
         tls_key: str | None = None,
         max_message_bytes: int = 65536,
         idle_timeout_s: float = 600.0,
+        reuse_port: bool = False,
     ) -> None:
+        self.reuse_port = reuse_port
         self.listen = tuple(listen)
         self.public_address = public_address
         self.tls_cert = tls_cert
@@ -100,6 +102,7 @@ class NativeFront:
             tls_key=settings.tls_key,
             max_message_bytes=settings.max_message_bytes,
             idle_timeout_s=settings.idle_timeout_s,
+            reuse_port=settings.reuse_port,
         )
 
     @property
@@ -148,8 +151,10 @@ class NativeFront:
         loop = asyncio.get_running_loop()
         advertised = _advertised_host(item.host, self.public_address)
         if item.transport == "udp":
+            # SO_REUSEPORT (opt-in): several ingest processes share one SIP port; the kernel keeps each
+            # source address on one socket, so retransmissions meet their transaction.
             _, protocol = await loop.create_datagram_endpoint(
-                lambda: UdpListener(self.dispatcher), local_addr=(item.host, item.port)
+                lambda: UdpListener(self.dispatcher), local_addr=(item.host, item.port), reuse_port=self.reuse_port
             )
             self._udp.append(protocol)
             _grow_buffers(protocol.transport)
@@ -163,6 +168,7 @@ class NativeFront:
                 item.host,
                 item.port,
                 ssl=context,
+                reuse_port=self.reuse_port,
                 reuse_address=True,
             )
             self._servers.append(server)
