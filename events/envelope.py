@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 import msgspec
 
@@ -41,7 +41,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def stamp(correlation_id: str | None = None, causation_id: str | None = None) -> dict[str, object]:
+class Envelope(TypedDict):
+    """The envelope fields, as keyword arguments for an event's constructor."""
+
+    event_id: str
+    occurred_at: datetime
+    correlation_id: str
+    causation_id: str | None
+
+
+def stamp(correlation_id: str | None = None, causation_id: str | None = None) -> Envelope:
     """Envelope keyword arguments for a new event.
 
     A new SIP transaction starts a new correlation id; events caused by another event carry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -55,7 +56,7 @@ class ReplyRouter:
 
     async def run(self) -> None:
         # Start from the stream's current end: replies are only for requests made from now on.
-        info = await self.redis.xrevrange(self.stream, count=1)
+        info: Any = await self.redis.xrevrange(self.stream, count=1)
         self._last_id = info[0][0].decode() if info else "0-0"
         self.ready.set()
         try:

@@ -161,7 +161,7 @@ class IngestWorker:
     def metrics(self) -> dict[str, float]:
         values: dict[str, float] = {f"requests_{k}": v for k, v in asdict(self.ingest.stats).items()}
         front_stats = getattr(self.front, "stats", None)
-        if front_stats is not None and is_dataclass(front_stats):
+        if front_stats is not None and is_dataclass(front_stats) and not isinstance(front_stats, type):
             values.update({f"sip_{k}": v for k, v in asdict(front_stats).items()})
         values["replies_waiting"] = self.replies.waiting
         values["replies_late"] = self.replies.late_replies

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -153,7 +154,7 @@ class Consumer:
         claimed: list[tuple[str, RawEntry]] = []
         counts: dict[str, int] = {}
         for stream in self.streams:
-            pending = await redis.xpending_range(
+            pending: Any = await redis.xpending_range(
                 stream, self.group, min="-", max="+", count=self.batch_size, idle=self.claim_idle_ms
             )
             if not pending:
@@ -161,7 +162,7 @@ class Consumer:
             ids = [p["message_id"] for p in pending]
             for p in pending:
                 counts[_key(stream, p["message_id"])] = int(p["times_delivered"]) + 1
-            entries = await redis.xclaim(stream, self.group, self.name, self.claim_idle_ms, ids)
+            entries: Any = await redis.xclaim(stream, self.group, self.name, self.claim_idle_ms, ids)
             claimed += [(stream, entry) for entry in entries if entry[1] is not None]
         if not claimed:
             return None

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
@@ -54,7 +55,7 @@ class StreamReader:
     ) -> list[tuple[str, RawEntry]]:
         """XREADGROUP over the streams; entries as (stream, (id, fields))."""
         if self._link is None:
-            response = await self._redis.xreadgroup(group, consumer, positions, count=count, block=block_ms)
+            response: Any = await self._redis.xreadgroup(group, consumer, positions, count=count, block=block_ms)  # type: ignore[arg-type]
             return [(_text(stream), entry) for stream, entries in response or [] for entry in entries]
         command: list[object] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
         if block_ms is not None:
@@ -65,7 +66,7 @@ class StreamReader:
     async def read(self, positions: dict[str, str], count: int, block_ms: int | None) -> list[tuple[str, RawEntry]]:
         """XREAD (no group) from the given positions."""
         if self._link is None:
-            response = await self._redis.xread(positions, count=count, block=block_ms)
+            response: Any = await self._redis.xread(positions, count=count, block=block_ms)  # type: ignore[arg-type]
             return [(_text(stream), entry) for stream, entries in response or [] for entry in entries]
         command: list[object] = ["XREAD", "COUNT", count]
         if block_ms is not None:
@@ -207,7 +208,7 @@ class EventLog:
 
     async def read(self, stream: str, start: str = "-", end: str = "+", count: int | None = None) -> list[StoredEvent]:
         """Reads a range of a stream and decodes it; undecodable entries are skipped with a warning."""
-        entries = await self.redis.xrange(stream, min=start, max=end, count=count)
+        entries: Any = await self.redis.xrange(stream, min=start, max=end, count=count)
         return list(self._decode_all(stream, entries))
 
     async def scan(self, stream: str, batch: int = 1000) -> list[StoredEvent]:
@@ -215,7 +216,7 @@ class EventLog:
         out: list[StoredEvent] = []
         start = "-"
         while True:
-            entries = await self.redis.xrange(stream, min=start, max="+", count=batch)
+            entries: Any = await self.redis.xrange(stream, min=start, max="+", count=batch)
             if not entries:
                 return out
             out.extend(self._decode_all(stream, entries))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -43,7 +44,7 @@ async def tail_events(settings: Settings, *, streams: Sequence[str] | None, from
     printed = 0
     async with open_redis(settings.redis) as redis:
         while limit is None or printed < limit:
-            response = await redis.xread(positions, count=100, block=1000)
+            response: Any = await redis.xread(positions, count=100, block=1000)  # type: ignore[arg-type]
             for stream, entries in response or []:
                 stream_name = stream.decode()
                 for entry_id, fields in entries:

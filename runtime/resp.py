@@ -139,7 +139,7 @@ class RespLink:
             raise RedisConnectionError("not connected to Redis")
         future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
         protocol.waiters.append(_Waiter(future, len(commands)))
-        protocol.transport.write(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
+        protocol.transport.write(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))  # type: ignore[arg-type]
         return future
 
     async def pipeline(self, commands: Sequence[Command]) -> list[object]:

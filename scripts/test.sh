@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 bash scripts/venv.sh test
 .venv/bin/ruff check .
+.venv/bin/mypy
 set +e
 timeout --kill-after=30 1500 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 status=$?

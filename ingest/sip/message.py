@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
@@ -189,7 +190,7 @@ class Headers:
                 return True
         return False
 
-    def keys(self) -> set[str]:
+    def keys(self) -> builtins.set[str]:
         """The lookup keys present (compact forms spelled out), for several membership tests at once."""
         return {field[0] for field in self._fields}
 

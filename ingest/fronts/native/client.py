@@ -104,7 +104,7 @@ class ClientTransactions:
         if not infos:
             raise OSError(f"cannot resolve {destination.host}")
         sockaddr = infos[0][4]
-        return sockaddr[0], sockaddr[1]
+        return str(sockaddr[0]), int(sockaddr[1])
 
     async def _send_udp_transaction(
         self, message: SipRequest, branch: str, address: tuple[str, int], timeout_s: float
