@@ -118,6 +118,9 @@ class Consumer:
                     await self.run_once()
                     backoff = 0.05
                 except RedisError as exc:
+                    if "NOGROUP" in str(exc):  # Redis restarted without its data: the group is gone
+                        await self._recreate_groups()
+                        continue
                     log.warning("consumer store error group=%s error=%s; retrying in %.2fs", self.group, exc, backoff)
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
@@ -130,6 +133,15 @@ class Consumer:
                 self.stats.committed,
                 self.stats.dead,
             )
+
+    async def _recreate_groups(self) -> None:
+        log.warning("consumer group missing, creating it again group=%s", self.group)
+        try:
+            for stream in self.streams:
+                await self.log.ensure_group(stream, self.group)
+        except RedisError as exc:
+            log.warning("consumer group not created group=%s error=%s", self.group, exc)
+            await self._sleep(0.5)
 
     async def run_once(self) -> int:
         """One read-handle-commit turn (claims first when due). Returns entries processed."""

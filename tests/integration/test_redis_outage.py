@@ -1,0 +1,130 @@
+"""The event log's lean Redis link across a Redis restart: a clear error while down, back by itself after."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from events import RegisterChallenged, StreamNames, default_codec, stamp
+from runtime.consumer import Consumer
+from runtime.errors import StoreUnavailable
+from runtime.eventlog import EventLog
+from runtime.handling import Delivery, Outcome
+from runtime.resp import LinkSettings
+from runtime.settings import EventLogSettings
+from tests.conftest import free_port
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class OwnRedis:
+    """A redis-server of this test's own on an ephemeral port (never the shared one)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    if REDIS_SERVER is None:
+        pytest.fail("redis-server is not installed; .ci/run installs it")
+    server = OwnRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def until_up(port: int) -> None:
+    client = Redis(host="127.0.0.1", port=port)
+    try:
+        for _ in range(100):
+            try:
+                await client.ping()
+                return
+            except RedisConnectionError:
+                await asyncio.sleep(0.05)
+        raise TimeoutError("redis did not start")
+    finally:
+        await client.aclose()
+
+
+def challenged(i: int) -> RegisterChallenged:
+    return RegisterChallenged(
+        **stamp(), aor=f"u{i}@x", realm="x", nonce="n", source_ip="1.1.1.1", source_port=i, call_id=f"c{i}"
+    )
+
+
+async def test_appends_fail_clearly_while_redis_is_down_and_recover_after(own_redis: OwnRedis) -> None:
+    await until_up(own_redis.port)
+    redis = Redis(host="127.0.0.1", port=own_redis.port)
+    names = StreamNames("outage")
+    log = EventLog(
+        redis,
+        default_codec(),
+        names,
+        EventLogSettings(cluster_id="outage", block_ms=50, claim_idle_ms=200),
+        LinkSettings("127.0.0.1", own_redis.port),
+    )
+    try:
+        assert len(await log.append(names.requests, [challenged(1)])) == 1
+        own_redis.stop()
+        with pytest.raises(StoreUnavailable):
+            await log.append(names.requests, [challenged(2)])
+        own_redis.start()
+        await until_up(own_redis.port)
+        assert len(await log.append(names.requests, [challenged(3)])) == 1  # reconnected by itself
+
+        seen: list[str] = []
+
+        class Record:
+            async def handle(self, deliveries: list[Delivery]) -> list[Outcome]:
+                seen.extend(d.event.aor for d in deliveries)  # type: ignore[attr-defined]
+                return [Outcome() for _ in deliveries]
+
+        await log.ensure_group(names.requests, "g")
+        consumer = Consumer(log, names.requests, "g", Record())
+        task = asyncio.create_task(consumer.run())
+        await log.append(names.requests, [challenged(4)])
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        own_redis.stop()  # the consumer backs off and keeps trying ...
+        await asyncio.sleep(0.3)
+        own_redis.start()
+        await until_up(own_redis.port)
+        await log.append(names.requests, [challenged(5)])
+        for _ in range(200):
+            if "u5@x" in seen:
+                break
+            await asyncio.sleep(0.05)
+        consumer.stop()
+        await asyncio.wait_for(task, 5)
+        # ... and carries on once Redis is back, creating its group again (that Redis kept no data)
+        assert "u4@x" in seen and "u5@x" in seen
+    finally:
+        log.close()
+        await redis.aclose()
