@@ -20,7 +20,12 @@ def build(services: Services) -> list[Worker]:
     assert services.mysql is not None and services.http is not None, "processors need MySQL and HTTP"
     settings = services.settings
     registrar = Registrar(
-        RegistrarConfig.from_settings(settings), services.redis, services.mysql, services.http, services.clock
+        RegistrarConfig.from_settings(settings),
+        services.redis,
+        services.mysql,
+        services.http,
+        services.clock,
+        mget=services.eventlog.read_keys,
     )
     heartbeat = Heartbeat(services.redis, services.names, services.clock)
     return [

@@ -144,6 +144,13 @@ class EventLog:
             pipe.execute_command(*command)
         await pipe.execute()
 
+    async def read_keys(self, keys: list[str]) -> list[Any]:
+        """MGET over the hot-path link: values of keys the projections keep (None where absent)."""
+        if self._link is None:
+            values: list[Any] = await self.redis.mget(keys)
+            return values
+        return list(await self._link.command("MGET", *keys))  # type: ignore[call-overload]
+
     def close(self) -> None:
         if self._link is not None:
             self._link.close()

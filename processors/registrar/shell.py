@@ -16,9 +16,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import aiomysql
@@ -98,9 +98,11 @@ class Registrar:
         mysql_pool: aiomysql.Pool,
         http: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
+        mget: Callable[[list[str]], Awaitable[list[Any]]] | None = None,
     ) -> None:
         self._config = config
         self._redis = redis
+        self._mget = mget or redis.mget  # the event log's lean link when given
         self._http = http
         self._clock = clock
         self._policy = RegistrarPolicy(
@@ -140,7 +142,7 @@ class Registrar:
             return {}
         try:
             async with asyncio.timeout(self._config.store_timeout_s):
-                values = await self._redis.mget([user_key(aor) for aor in aors])
+                values = await self._mget([user_key(aor) for aor in aors])
         except (RedisError, TimeoutError) as exc:
             raise StoreUnavailable(f"reading cached bindings failed: {type(exc).__name__}") from exc
         return {aor: value for aor, value in zip(aors, values, strict=True) if value is not None}
