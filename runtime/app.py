@@ -90,7 +90,16 @@ async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio
         async with asyncio.TaskGroup() as group:
             tasks = {id(w): group.create_task(w.run(), name=w.name) for w in workers}
             health_task = group.create_task(health.run(), name="http")
-            await stop.wait()
+            try:
+                await stop.wait()
+            except asyncio.CancelledError:
+                # Cancelled (by the caller, or by the group when a worker crashed): ask every worker to
+                # stop too. On Python 3.11 a cancellation can be lost inside redis-py (asyncio.wait_for
+                # in its send path); a loop that lost it would otherwise keep the group waiting forever.
+                for worker in workers:
+                    worker.stop()
+                health.stop()
+                raise
             log.info("stopping")
             health.begin_stopping()
             for stage in staged:
