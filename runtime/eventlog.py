@@ -130,12 +130,11 @@ class EventLog:
     async def commit(self, commands: Sequence[Sequence[object]], scripts: Sequence[Script] = ()) -> None:
         """Runs the commands in one MULTI/EXEC, the scripts they call loaded first inside it.
 
-        MULTI does not roll back a NOSCRIPT error, so a script must be known before its EVALSHA runs:
-        it is loaded in the same transaction whenever this connection has not loaded it yet (a new
-        connection may be to a restarted Redis).
+        MULTI does not roll back a NOSCRIPT error, so every script is loaded in the same
+        transaction that uses it (once per batch: cheap next to the batch itself).
         """
         if self._link is not None:
-            await self._link.transaction(commands, [(s.sha, s.source) for s in scripts])
+            await self._link.transaction(commands, [s.source for s in scripts])
             return
         pipe = self.redis.pipeline(transaction=True)
         for script in scripts:

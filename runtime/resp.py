@@ -52,7 +52,6 @@ class _Protocol(asyncio.Protocol):
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
-        self.loaded_scripts: set[str] = set()  # SHA1s loaded on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -149,16 +148,15 @@ class RespLink:
         protocol = await self._connection()
         return await self._send(protocol, commands)
 
-    async def transaction(self, commands: Sequence[Command], scripts: Sequence[tuple[str, str]] = ()) -> list[object]:
+    async def transaction(self, commands: Sequence[Command], scripts: Sequence[str] = ()) -> list[object]:
         """MULTI, the commands, EXEC; returns EXEC's replies, raising if any command failed.
 
-        `scripts` are (sha, source) pairs the commands call: each is loaded inside the same MULTI
-        unless this connection loaded it already (a new connection may be to a restarted Redis).
+        `scripts` are the sources of the Lua scripts the commands call: each is loaded inside the
+        same MULTI, every time. MULTI does not roll back, so a script Redis did not know (after a
+        restart or a SCRIPT FLUSH) would fail its EVALSHA while the XACK beside it went through.
         """
-        protocol = await self._connection()
-        missing = [(sha, source) for sha, source in scripts if sha not in protocol.loaded_scripts]
-        loads: list[Command] = [("SCRIPT", "LOAD", source) for _, source in missing]
-        replies = await self._send(protocol, [("MULTI",), *loads, *commands, ("EXEC",)])
+        loads: list[Command] = [("SCRIPT", "LOAD", source) for source in scripts]
+        replies = await self.pipeline([("MULTI",), *loads, *commands, ("EXEC",)])
         result = replies[-1]
         if isinstance(result, hiredis.ReplyError):
             queued_errors = [r for r in replies[1:-1] if isinstance(r, hiredis.ReplyError)]
@@ -168,10 +166,7 @@ class RespLink:
         assert isinstance(result, list)
         for reply in result:
             if isinstance(reply, hiredis.ReplyError):
-                if str(reply).startswith("NOSCRIPT"):
-                    protocol.loaded_scripts.clear()  # someone ran SCRIPT FLUSH: load again next time
                 raise ResponseError(f"command in transaction failed: {reply}")
-        protocol.loaded_scripts.update(sha for sha, _ in missing)
         return result[len(loads) :]
 
     async def command(self, *args: object) -> object:

@@ -24,8 +24,12 @@ ACTIVE = ["192.168.1.10:5060", "192.168.1.11:5060", "192.168.1.12:5060"]
 
 @pytest.fixture
 def env(cluster_id: str) -> dict[str, str]:
-    return {"JAMBONES_REDIS_HOST": REDIS_HOST, "JAMBONES_REDIS_PORT": str(REDIS_PORT),
-            "SIDECAR_REDIS_DB": str(REDIS_DB), "JAMBONES_CLUSTER_ID": cluster_id}
+    return {
+        "JAMBONES_REDIS_HOST": REDIS_HOST,
+        "JAMBONES_REDIS_PORT": str(REDIS_PORT),
+        "SIDECAR_REDIS_DB": str(REDIS_DB),
+        "JAMBONES_CLUSTER_ID": cluster_id,
+    }
 
 
 @pytest.fixture
@@ -65,14 +69,19 @@ class Cli:
 
     async def __call__(self, *words: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        code = await run_admin(words, self.env, use_socket=self.socket_path is not None,
-                               socket_path=self.socket_path, out=out, err=err)
+        code = await run_admin(
+            words, self.env, use_socket=self.socket_path is not None, socket_path=self.socket_path, out=out, err=err
+        )
         return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(params=["redis", "socket"])
 async def cli(
-    request: pytest.FixtureRequest, env: dict[str, str], seeded: None, redis: Redis, names: StreamNames,
+    request: pytest.FixtureRequest,
+    env: dict[str, str],
+    seeded: None,
+    redis: Redis,
+    names: StreamNames,
     socket_path: str,
 ) -> AsyncIterator[Cli]:
     if request.param == "redis":
@@ -99,8 +108,7 @@ async def test_help(cli: Cli):
 async def test_fs_active_lists_available_servers_without_the_drained_one(cli: Cli):
     code, out, _ = await cli("fs", "active")
     assert code == 0
-    assert out.splitlines() == ["Available feature servers:", "  🟢 192.168.1.10:5060",
-                                "  🟢 192.168.1.12:5060"]
+    assert out.splitlines() == ["Available feature servers:", "  🟢 192.168.1.10:5060", "  🟢 192.168.1.12:5060"]
 
 
 async def test_fs_drained(cli: Cli):
@@ -112,8 +120,12 @@ async def test_fs_drained(cli: Cli):
 async def test_fs_list_marks_the_drained_ip_port_member(cli: Cli):
     code, out, _ = await cli("fs", "list")
     assert code == 0
-    assert out.splitlines() == ["Feature servers:", "  🟢 192.168.1.10:5060 (active)",
-                                "  🔴 192.168.1.11:5060 (drained)", "  🟢 192.168.1.12:5060 (active)"]
+    assert out.splitlines() == [
+        "Feature servers:",
+        "  🟢 192.168.1.10:5060 (active)",
+        "  🔴 192.168.1.11:5060 (drained)",
+        "  🟢 192.168.1.12:5060 (active)",
+    ]
 
 
 async def test_drain_then_undrain(cli: Cli, redis: Redis, names: StreamNames):
@@ -136,8 +148,10 @@ async def test_drain_then_undrain(cli: Cli, redis: Redis, names: StreamNames):
 async def test_nothing_drained_and_nothing_active(cli: Cli, redis: Redis, names: StreamNames):
     await redis.delete(names.active_fs)
     code, out, _ = await cli("fs", "list")
-    assert (code, out.splitlines()) == (0, ["No servers configured", "Orphaned drained servers:",
-                                            "  🔴 192.168.1.11 (orphaned)"])
+    assert (code, out.splitlines()) == (
+        0,
+        ["No servers configured", "Orphaned drained servers:", "  🔴 192.168.1.11 (orphaned)"],
+    )
     assert (await cli("fs", "active"))[1] == "No active feature servers found\n"
     await cli("fs", "undrain", "192.168.1.11")
     assert (await cli("fs", "drained"))[1] == "No servers are currently drained\n"
@@ -164,11 +178,15 @@ async def test_errors_exit_1(cli: Cli, redis: Redis, names: StreamNames, words: 
 
 @pytest.mark.parametrize(
     ("given", "stored"),
-    [("::1", "::1"), ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", "2001:db8:85a3::8a2e:370:7334"),
-     ("fe80::1", "fe80::1")],
+    [
+        ("::1", "::1"),
+        ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", "2001:db8:85a3::8a2e:370:7334"),
+        ("fe80::1", "fe80::1"),
+    ],
 )
-async def test_ipv6_drain_and_undrain_in_any_spelling(cli: Cli, redis: Redis, names: StreamNames, given: str,
-                                                      stored: str):
+async def test_ipv6_drain_and_undrain_in_any_spelling(
+    cli: Cli, redis: Redis, names: StreamNames, given: str, stored: str
+):
     code, out, _ = await cli("fs", "drain", given)
     assert code == 0 and out.startswith(f"✓ Drained {given}\n")
     assert stored in await drained_set(redis, names)
@@ -241,22 +259,27 @@ async def exchange(path: str, payload: bytes, answers: int) -> list[dict[str, ob
 
 
 async def test_socket_protocol_answers_each_line(admin_socket: AdminSocket, seeded: None):
-    payload = b"\n".join([
-        b'{"action":"nope"}',
-        b"{not json",
-        b"null",
-        b'"just a string"',
-        b"   ",
-        b'{"action":"add","key":"k","item":"a"}',
-        b'{"action":"add","key":"k","item":"a"}',
-        b'{"action":"add","key":"k","item":"b"}',
-        b'{"action":"remove","key":"k","item":"a"}',
-        b'{"action":"list"}',
-        b'{"action":"fs-drain"}',
-        b'{"action":"fs-drain","server":"10.0.0.1"}',
-        b'{"action":"fs-available"}',
-        b'{"action":"fs-list"}',
-    ]) + b"\n"
+    payload = (
+        b"\n".join(
+            [
+                b'{"action":"nope"}',
+                b"{not json",
+                b"null",
+                b'"just a string"',
+                b"   ",
+                b'{"action":"add","key":"k","item":"a"}',
+                b'{"action":"add","key":"k","item":"a"}',
+                b'{"action":"add","key":"k","item":"b"}',
+                b'{"action":"remove","key":"k","item":"a"}',
+                b'{"action":"list"}',
+                b'{"action":"fs-drain"}',
+                b'{"action":"fs-drain","server":"10.0.0.1"}',
+                b'{"action":"fs-available"}',
+                b'{"action":"fs-list"}',
+            ]
+        )
+        + b"\n"
+    )
     answers = await exchange(admin_socket.path, payload, 13)
     assert answers == [
         {"success": False, "error": "Unknown action"},
@@ -271,10 +294,15 @@ async def test_socket_protocol_answers_each_line(admin_socket: AdminSocket, seed
         {"success": False, "error": "Invalid IP address: undefined"},
         {"success": True, "action": "drain", "server": "10.0.0.1", "drained": ["10.0.0.1", "192.168.1.11"]},
         {"success": True, "available": ["192.168.1.10:5060", "192.168.1.12:5060"]},
-        {"success": True, "servers": [{"server": "192.168.1.10:5060", "status": "active"},
-                                      {"server": "192.168.1.11:5060", "status": "drained"},
-                                      {"server": "192.168.1.12:5060", "status": "active"}],
-         "drained": ["10.0.0.1", "192.168.1.11"]},
+        {
+            "success": True,
+            "servers": [
+                {"server": "192.168.1.10:5060", "status": "active"},
+                {"server": "192.168.1.11:5060", "status": "drained"},
+                {"server": "192.168.1.12:5060", "status": "active"},
+            ],
+            "drained": ["10.0.0.1", "192.168.1.11"],
+        },
     ]
 
 
@@ -309,9 +337,10 @@ async def test_without_redis_fs_actions_say_so(names: StreamNames):
     actions = AdminActions(None, names)
     for action in ("fs-drain", "fs-undrain", "fs-drained", "fs-available", "fs-list"):
         assert await actions.execute({"action": action, "server": "10.0.0.1"}) == {
-            "success": False, "error": "Redis connection not available"}
-    assert await actions.execute({"action": "set", "key": "a", "value": 1}) == {"success": True, "key": "a",
-                                                                                  "value": 1}
+            "success": False,
+            "error": "Redis connection not available",
+        }
+    assert await actions.execute({"action": "set", "key": "a", "value": 1}) == {"success": True, "key": "a", "value": 1}
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
@@ -354,13 +383,32 @@ def test_sbc_sidecar_fs_commands(env: dict[str, str], names: StreamNames, capsys
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("192.168.1.1", True), ("10.0.0.1", True), ("255.255.255.255", True), ("0.0.0.0", True),
-        ("127.0.0.1", True), ("1.2.3.4", True), ("192.168.0.255", True), ("255.0.0.0", True),
-        ("", False), ("192.168.1", False), ("192.168.1.256", False), ("256.1.1.1", False),
-        ("192.168.1.2.3", False), ("192.168.a.1", False), ("192..1.1", False), (".192.168.1.1", False),
-        ("192.168.1.1.", False), (" 192.168.1.1 ", False), ("192.168.1.1\n", False), ("192,168,1,1", False),
-        ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", False), ("localhost", False), ("10.0.0.1/24", False),
-        ("991240413047.primary.companyflex.de:0", False), ("192.168.1.1:5060", False), (None, False),
+        ("192.168.1.1", True),
+        ("10.0.0.1", True),
+        ("255.255.255.255", True),
+        ("0.0.0.0", True),
+        ("127.0.0.1", True),
+        ("1.2.3.4", True),
+        ("192.168.0.255", True),
+        ("255.0.0.0", True),
+        ("", False),
+        ("192.168.1", False),
+        ("192.168.1.256", False),
+        ("256.1.1.1", False),
+        ("192.168.1.2.3", False),
+        ("192.168.a.1", False),
+        ("192..1.1", False),
+        (".192.168.1.1", False),
+        ("192.168.1.1.", False),
+        (" 192.168.1.1 ", False),
+        ("192.168.1.1\n", False),
+        ("192,168,1,1", False),
+        ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", False),
+        ("localhost", False),
+        ("10.0.0.1/24", False),
+        ("991240413047.primary.companyflex.de:0", False),
+        ("192.168.1.1:5060", False),
+        (None, False),
     ],
 )
 def test_is_valid_ipv4(text: object, expected: bool):
@@ -370,11 +418,24 @@ def test_is_valid_ipv4(text: object, expected: bool):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("192.168.1.1", True), ("::1", True), ("::", True), ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", True),
-        ("2001:db8::8a2e:370:7334", True), ("fe80::1", True), ("::ffff:192.0.2.1", True),
-        ("256.1.1.1", False), ("192.168.1", False), ("", False), (None, False), ("not-an-ip", False),
-        ("fe80::1%eth0", False), ("2001:db8::g", False), ("1:2:3:4:5:6:7:8:9", False), ("[::1]", False),
-        ("::1:5060:", False), (":::", False),
+        ("192.168.1.1", True),
+        ("::1", True),
+        ("::", True),
+        ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", True),
+        ("2001:db8::8a2e:370:7334", True),
+        ("fe80::1", True),
+        ("::ffff:192.0.2.1", True),
+        ("256.1.1.1", False),
+        ("192.168.1", False),
+        ("", False),
+        (None, False),
+        ("not-an-ip", False),
+        ("fe80::1%eth0", False),
+        ("2001:db8::g", False),
+        ("1:2:3:4:5:6:7:8:9", False),
+        ("[::1]", False),
+        ("::1:5060:", False),
+        (":::", False),
     ],
 )
 def test_is_valid_ip(text: object, expected: bool):

@@ -48,7 +48,8 @@ async def test_alerts_reach_influxdb_once_per_event(cluster_id: str) -> None:
     assert len(rows) == 3
     by_type = {row["alert_type"]: row for row in rows}
     assert by_type["account-device-limit"]["message"] == (
-        "you have exceeded your account limit of 2 registered devices; please consider upgrading your plan")
+        "you have exceeded your account limit of 2 registered devices; please consider upgrading your plan"
+    )
     assert by_type["account-device-limit"]["service_provider_sid"] == "sp-1"
     assert by_type["webhook-failure"]["message"] == "http://127.0.0.1:4000/auth returned 503"
     assert by_type["webhook-connection-failure"]["message"] == "failed to connect to http://127.0.0.1:4000/auth"

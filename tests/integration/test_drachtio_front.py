@@ -213,9 +213,7 @@ def frame(payload: bytes) -> bytes:
     return str(len(payload)).encode() + b"#" + payload
 
 
-def network_request(
-    txn: str, sip: bytes, *, proto: str = "udp", src: str = "192.0.2.44", port: int = 5062
-) -> bytes:
+def network_request(txn: str, sip: bytes, *, proto: str = "udp", src: str = "192.0.2.44", port: int = 5062) -> bytes:
     """A section 5 delivery of a new request: 13 fields, receivedOn, trailing `|`."""
     meta = f"sip|network|{len(sip)}|{proto}|{src}|{port}|14:03:27.512034"
     leader = f"{uuid.uuid4()}|{meta}|{txn}||198.51.100.7|5060|"
@@ -273,9 +271,7 @@ class PeerConnection:
 class DrachtioPeer:
     """The server end of the control protocol, enough of it for a registrar."""
 
-    def __init__(
-        self, secret: str = SECRET, *, version: str = "v0.9.10", local_hostports: str = LOCAL_HOSTPORTS
-    ):
+    def __init__(self, secret: str = SECRET, *, version: str = "v0.9.10", local_hostports: str = LOCAL_HOSTPORTS):
         self.secret = secret
         self.version = version
         self.local_hostports = local_hostports
@@ -675,16 +671,12 @@ async def test_unknown_and_unsolicited_sip_messages_are_ignored(peer: DrachtioPe
     front = make_front(peer.port)
     front.set_handler(answering(outcomes, 200, "OK"))
     async with running(front, peer) as connection:
-        await connection.send(
-            network_response("no-such-transaction", crlf("SIP/2.0 200 OK\nCSeq: 1 OPTIONS\n\n"))
-        )
+        await connection.send(network_response("no-such-transaction", crlf("SIP/2.0 200 OK\nCSeq: 1 OPTIONS\n\n")))
         bye = crlf("BYE sip:a@192.0.2.1 SIP/2.0\nCall-ID: x\nCSeq: 2 BYE\n\n")
         meta = f"sip|application|{len(bye)}|udp|198.51.100.7|5060|14:00:00.000000"
         unsolicited = f"{uuid.uuid4()}|{meta}|unsolicited|x;from-tag=1|"
         await connection.send(frame(unsolicited.encode() + b"\r\n" + bye))
-        await connection.send(
-            frame(f"{uuid.uuid4()}|cdr:stop|application|06:57:01.450437|call-rejected".encode())
-        )
+        await connection.send(frame(f"{uuid.uuid4()}|cdr:stop|application|06:57:01.450437|call-rejected".encode()))
         await connection.send(network_request("t-ok", OPTIONS_SIP))
         answer = await next_of(connection.inbox)
         assert answer.fields[2] == "t-ok"
@@ -740,9 +732,7 @@ async def test_send_request_register_challenge_and_retry(peer: DrachtioPeer) -> 
         assert sent.sip == RETRY_SIP
         meta = ("application", "0", "udp", "198.51.100.7", "5060", "14:05:10.050000")
         await connection.reply(sent.msg_id, "OK", *meta, RETRY_TXN, "Msg sent:")
-        await connection.send(
-            network_response(RETRY_TXN, crlf("SIP/2.0 180 Ringing\nCSeq: 104730 REGISTER\n\n"))
-        )
+        await connection.send(network_response(RETRY_TXN, crlf("SIP/2.0 180 Ringing\nCSeq: 104730 REGISTER\n\n")))
         await asyncio.sleep(0.05)
         assert not sending.done()  # provisional responses are skipped
         await connection.send(CARRIER_200_FRAME)
@@ -758,12 +748,8 @@ async def test_send_request_without_a_final_response_gives_408(peer: DrachtioPee
         sending = asyncio.ensure_future(front.send_request(options, timeout_s=0.3))
         sent = await next_of(connection.inbox)
         assert sent.fields == [sent.msg_id, "sip", "", ""]
-        assert sent.sip == crlf(
-            "OPTIONS sip:203.0.113.10:5060 SIP/2.0\nCall-ID: ping-1\nContent-Length: 0\n\n"
-        )
-        await connection.reply(
-            sent.msg_id, "OK", "application", "0", "udp", "a", "1", "t", "txn-408", "Msg sent:"
-        )
+        assert sent.sip == crlf("OPTIONS sip:203.0.113.10:5060 SIP/2.0\nCall-ID: ping-1\nContent-Length: 0\n\n")
+        await connection.reply(sent.msg_id, "OK", "application", "0", "udp", "a", "1", "t", "txn-408", "Msg sent:")
         response = await sending
         assert (response.status, response.reason) == (408, "Request Timeout")
         assert response.call_id == "ping-1"
@@ -774,9 +760,7 @@ async def test_stack_made_503_is_a_final_response(peer: DrachtioPeer) -> None:
     async with running(front, peer) as connection:
         sending = asyncio.ensure_future(front.send_request(OutboundRequest("OPTIONS", "sip:192.0.2.99"), 2))
         sent = await next_of(connection.inbox)
-        await connection.reply(
-            sent.msg_id, "OK", "application", "0", "udp", "a", "1", "t", "txn-503", "Msg sent:"
-        )
+        await connection.reply(sent.msg_id, "OK", "application", "0", "udp", "a", "1", "t", "txn-503", "Msg sent:")
         # section 7: made up by the stack, bytes 0, empty address, port 0
         stack_503 = crlf("SIP/2.0 503 Service Unavailable\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n")
         leader = f"{uuid.uuid4()}|sip|network|0|||0|14:05:11.000000|txn-503||"
@@ -799,9 +783,7 @@ async def test_send_request_fails_when_the_link_drops(peer: DrachtioPeer) -> Non
     async with running(front, peer) as connection:
         sending = asyncio.ensure_future(front.send_request(OutboundRequest("OPTIONS", "sip:192.0.2.99"), 5))
         sent = await next_of(connection.inbox)
-        await connection.reply(
-            sent.msg_id, "OK", "application", "0", "udp", "a", "1", "t", "txn-lost", "Msg sent:"
-        )
+        await connection.reply(sent.msg_id, "OK", "application", "0", "udp", "a", "1", "t", "txn-lost", "Msg sent:")
         await asyncio.sleep(0.02)
         connection.drop()
         with pytest.raises(DrachtioConnectionError):

@@ -60,9 +60,7 @@ async def drain(consumer: Consumer, turns: int = 50) -> None:
             return
 
 
-async def test_every_appended_event_is_delivered_and_acked(
-    eventlog: EventLog, names: StreamNames, redis: Redis
-):
+async def test_every_appended_event_is_delivered_and_acked(eventlog: EventLog, names: StreamNames, redis: Redis):
     events = [challenged(i) for i in range(120)]
     await eventlog.append(names.requests, events)
     handler = Echo(names.registrations)
@@ -212,27 +210,8 @@ async def test_graceful_stop_finishes_the_batch_in_hand(eventlog: EventLog, name
 
 
 @pytest.mark.parametrize("group", ["a", "b"])
-async def test_groups_are_created_idempotently(
-    eventlog: EventLog, names: StreamNames, redis: Redis, group: str
-):
+async def test_groups_are_created_idempotently(eventlog: EventLog, names: StreamNames, redis: Redis, group: str):
     await eventlog.ensure_group(names.requests, group)
     await eventlog.ensure_group(names.requests, group)
     groups = await redis.xinfo_groups(names.requests)
     assert [g["name"] for g in groups] == [group.encode()]
-
-
-async def test_commit_loads_a_script_once_per_connection_and_again_after_a_restart(
-    eventlog: EventLog, names: StreamNames, redis: Redis
-):
-    from runtime.redis_scripts import Script
-
-    script = Script("test-incr", "return redis.call('INCRBY', KEYS[1], ARGV[1])")
-    key = f"{names.prefix}:counter"
-    await redis.execute_command("SCRIPT", "FLUSH")  # as after a Redis restart
-    await eventlog.commit([script.command((key,), (2,))], [script])
-    await eventlog.commit([script.command((key,), (3,))], [script])
-    assert int(await redis.get(key)) == 5
-    eventlog._link.close()  # type: ignore[union-attr]  # the connection drops; Redis may have restarted
-    await redis.execute_command("SCRIPT", "FLUSH")
-    await eventlog.commit([script.command((key,), (4,))], [script])
-    assert int(await redis.get(key)) == 9

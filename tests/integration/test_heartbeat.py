@@ -32,27 +32,56 @@ FS_URL = {"127.0.0.20": "http://127.0.0.1:3000", "127.0.0.21": "http://127.0.0.1
 
 
 def fs(ip: str, status: str = "open", port: int = 5060) -> OptionsReceived:
-    return OptionsReceived(**stamp(), reply_to=INGEST, call_id=f"fs-{ip}", source_ip=ip, source_port=port,
-                           transport="udp", fs_status=status, fs_service_url=FS_URL.get(ip))
+    return OptionsReceived(
+        **stamp(),
+        reply_to=INGEST,
+        call_id=f"fs-{ip}",
+        source_ip=ip,
+        source_port=port,
+        transport="udp",
+        fs_status=status,
+        fs_service_url=FS_URL.get(ip),
+    )
 
 
 def rtp(ip: str, status: str = "open") -> OptionsReceived:
-    return OptionsReceived(**stamp(), reply_to=INGEST, call_id=f"rtp-{ip}", source_ip=ip, source_port=22222,
-                           transport="udp", rtp_status=status)
+    return OptionsReceived(
+        **stamp(),
+        reply_to=INGEST,
+        call_id=f"rtp-{ip}",
+        source_ip=ip,
+        source_port=22222,
+        transport="udp",
+        rtp_status=status,
+    )
 
 
 def external(ip: str) -> OptionsReceived:
-    return OptionsReceived(**stamp(), reply_to=INGEST, call_id=f"ext-{ip}", source_ip=ip, source_port=5060,
-                           transport="udp")
+    return OptionsReceived(
+        **stamp(), reply_to=INGEST, call_id=f"ext-{ip}", source_ip=ip, source_port=5060, transport="udp"
+    )
 
 
 def register() -> RegisterReceived:
-    return RegisterReceived(**stamp(), reply_to=INGEST, call_id="reg", cseq=1, source_ip="127.0.0.30",
-                            source_port=5060, transport="udp", via_transport="udp",
-                            sbc_address="127.0.0.1:5060",
-                            request_uri="sip:example.com", request_uri_host="example.com",
-                            to_uri="sip:u@example.com", aor_user="u", aor_host="example.com",
-                            contact="<sip:u@127.0.0.30>", contact_uri="sip:u@127.0.0.30", expires=60)
+    return RegisterReceived(
+        **stamp(),
+        reply_to=INGEST,
+        call_id="reg",
+        cseq=1,
+        source_ip="127.0.0.30",
+        source_port=5060,
+        transport="udp",
+        via_transport="udp",
+        sbc_address="127.0.0.1:5060",
+        request_uri="sip:example.com",
+        request_uri_host="example.com",
+        to_uri="sip:u@example.com",
+        aor_user="u",
+        aor_host="example.com",
+        contact="<sip:u@127.0.0.30>",
+        contact_uri="sip:u@127.0.0.30",
+        expires=60,
+    )
 
 
 def heartbeat_consumer(eventlog: EventLog, name: str = "hb") -> Consumer:
@@ -81,8 +110,11 @@ async def smembers(redis: Redis, key: str) -> set[str]:
 
 
 async def sets(redis: Redis, names: StreamNames) -> tuple[set[str], set[str], set[str]]:
-    return (await smembers(redis, names.active_fs), await smembers(redis, names.active_rtp),
-            await smembers(redis, names.fs_service_url))
+    return (
+        await smembers(redis, names.active_fs),
+        await smembers(redis, names.active_rtp),
+        await smembers(redis, names.fs_service_url),
+    )
 
 
 A, B = "127.0.0.20", "127.0.0.21"
@@ -118,8 +150,7 @@ async def test_options_sequence_one_at_a_time(eventlog: EventLog, names: StreamN
     assert (await redis.xpending(names.requests, GROUP_HEARTBEAT))["pending"] == 0
 
 
-async def test_options_sequence_in_one_batch_counts_each_change(eventlog: EventLog, names: StreamNames,
-                                                                 redis: Redis):
+async def test_options_sequence_in_one_batch_counts_each_change(eventlog: EventLog, names: StreamNames, redis: Redis):
     await eventlog.append(names.requests, [event for event, _, _ in OPTIONS_SEQUENCE])
     consumer = heartbeat_consumer(eventlog)
     await drain(consumer)
@@ -138,7 +169,12 @@ async def test_facts_are_recorded_and_rebuild_the_sets(eventlog: EventLog, names
     first = facts[0]
     assert isinstance(first, ServerCheckedIn)
     assert (first.kind, first.member, first.ip, first.port, first.service_url) == (
-        "fs", f"{A}:5060", A, 5060, FS_URL[A])
+        "fs",
+        f"{A}:5060",
+        A,
+        5060,
+        FS_URL[A],
+    )
     assert first.correlation_id == OPTIONS_SEQUENCE[0][0].correlation_id
     # Replaying the facts into fresh keys gives the same sets.
     rebuilt = StreamNames(f"{names.cluster_id}:rebuilt")
@@ -150,8 +186,7 @@ async def test_facts_are_recorded_and_rebuild_the_sets(eventlog: EventLog, names
     assert await sets(redis, rebuilt) == await sets(redis, names)
 
 
-async def test_register_requests_are_acked_without_output(eventlog: EventLog, names: StreamNames,
-                                                          redis: Redis):
+async def test_register_requests_are_acked_without_output(eventlog: EventLog, names: StreamNames, redis: Redis):
     await eventlog.append(names.requests, [register(), fs(A), register()])
     consumer = heartbeat_consumer(eventlog)
     await drain(consumer)
@@ -161,8 +196,7 @@ async def test_register_requests_are_acked_without_output(eventlog: EventLog, na
     assert (await redis.xpending(names.requests, GROUP_HEARTBEAT))["pending"] == 0
 
 
-async def test_drained_feature_server_is_removed_at_its_next_open(eventlog: EventLog, names: StreamNames,
-                                                                  redis: Redis):
+async def test_drained_feature_server_is_removed_at_its_next_open(eventlog: EventLog, names: StreamNames, redis: Redis):
     consumer = heartbeat_consumer(eventlog)
     await eventlog.append(names.requests, [fs(A), fs(B)])
     await drain(consumer)
@@ -182,8 +216,11 @@ async def test_unreadable_sets_answer_503(names: StreamNames):
     broken = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     try:
         handler = Heartbeat(broken, names, time.time)
-        deliveries = [Delivery(names.requests, "1-0", fs(A)), Delivery(names.requests, "1-1", external(B)),
-                      Delivery(names.requests, "1-2", register())]
+        deliveries = [
+            Delivery(names.requests, "1-0", fs(A)),
+            Delivery(names.requests, "1-1", external(B)),
+            Delivery(names.requests, "1-2", register()),
+        ]
         first, second, third = await handler.handle(deliveries)
     finally:
         await broken.aclose()
@@ -198,8 +235,9 @@ async def test_unreadable_sets_answer_503(names: StreamNames):
 
 
 def expiry(eventlog: EventLog, expires_ms: int = 60_000, check_ms: int = 20_000) -> ServerExpiry:
-    return ServerExpiry(eventlog.redis, eventlog, expires_interval_ms=expires_ms, check_interval_ms=check_ms,
-                        clock=time.time)
+    return ServerExpiry(
+        eventlog.redis, eventlog, expires_interval_ms=expires_ms, check_interval_ms=check_ms, clock=time.time
+    )
 
 
 async def expired_events(eventlog: EventLog) -> list[ServerExpired]:
@@ -207,8 +245,9 @@ async def expired_events(eventlog: EventLog) -> list[ServerExpired]:
     return [s.event for s in stored if isinstance(s.event, ServerExpired)]
 
 
-async def test_members_without_last_seen_are_adopted_and_expire_once(eventlog: EventLog, names: StreamNames,
-                                                                     redis: Redis):
+async def test_members_without_last_seen_are_adopted_and_expire_once(
+    eventlog: EventLog, names: StreamNames, redis: Redis
+):
     await redis.sadd(names.active_fs, "10.1.1.1:5060")  # e.g. written by the previous sidecar
     await redis.sadd(names.active_rtp, "10.1.1.2")
     await redis.sadd(names.fs_service_url, "http://10.1.1.1:3000")
@@ -220,8 +259,10 @@ async def test_members_without_last_seen_are_adopted_and_expire_once(eventlog: E
     assert await sets(redis, names) == ({"10.1.1.1:5060"}, {"10.1.1.2"}, {"http://10.1.1.1:3000"})
     gone = await first.sweep(now_ms=1_060_001) + await second.sweep(now_ms=1_060_001)
     assert sorted((e.kind, e.member, e.last_seen_ms) for e in gone) == [
-        ("fs", "10.1.1.1:5060", 1_000_000), ("rtp", "10.1.1.2", 1_000_000),
-        ("service-url", "http://10.1.1.1:3000", 1_000_000)]
+        ("fs", "10.1.1.1:5060", 1_000_000),
+        ("rtp", "10.1.1.2", 1_000_000),
+        ("service-url", "http://10.1.1.1:3000", 1_000_000),
+    ]
     assert await sets(redis, names) == (set(), set(), set())
     recorded = await expired_events(eventlog)
     assert sorted(e.event_id for e in recorded) == sorted(e.event_id for e in gone)
@@ -229,8 +270,7 @@ async def test_members_without_last_seen_are_adopted_and_expire_once(eventlog: E
         assert await redis.zcard(names.server_last_seen(kind)) == 0
 
 
-async def test_concurrent_sweeps_record_each_expiry_once(eventlog: EventLog, names: StreamNames,
-                                                         redis: Redis):
+async def test_concurrent_sweeps_record_each_expiry_once(eventlog: EventLog, names: StreamNames, redis: Redis):
     members = [f"10.2.0.{i}:5060" for i in range(40)]
     await redis.sadd(names.active_fs, *members)
     sweepers = [expiry(eventlog) for _ in range(4)]
@@ -287,7 +327,6 @@ async def test_silent_servers_expire_and_pinging_ones_stay_with_two_sidecars(
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert await sets(redis, names) == ({f"{B}:5060"}, {B}, {FS_URL[B]})
     gone = await expired_events(eventlog)
-    assert sorted((e.kind, e.member) for e in gone) == [("fs", f"{A}:5060"), ("rtp", A),
-                                                         ("service-url", FS_URL[A])]
+    assert sorted((e.kind, e.member) for e in gone) == [("fs", f"{A}:5060"), ("rtp", A), ("service-url", FS_URL[A])]
     assert sum(s.expired for s in sweepers) == 3
     assert all(isinstance(r, ReplyIssued) and r.status == 200 for r in await replies(eventlog))

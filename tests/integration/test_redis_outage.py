@@ -128,3 +128,23 @@ async def test_appends_fail_clearly_while_redis_is_down_and_recover_after(own_re
     finally:
         log.close()
         await redis.aclose()
+
+
+async def test_a_commit_never_applies_partly_when_redis_forgot_its_scripts(own_redis: OwnRedis) -> None:
+    from runtime.redis_scripts import Script
+
+    await until_up(own_redis.port)
+    redis = Redis(host="127.0.0.1", port=own_redis.port)
+    names = StreamNames("scripts")
+    log = EventLog(
+        redis, default_codec(), names, EventLogSettings(cluster_id="scripts"), LinkSettings("127.0.0.1", own_redis.port)
+    )
+    script = Script("test-incr", "return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    try:
+        await log.commit([script.command(("n",), (2,)), ("SET", "acked", "1")], [script])
+        await redis.execute_command("SCRIPT", "FLUSH")  # the same connection, a Redis that forgot
+        await log.commit([script.command(("n",), (3,)), ("SET", "acked", "2")], [script])
+        assert int(await redis.get("n")) == 5 and await redis.get("acked") == b"2"
+    finally:
+        log.close()
+        await redis.aclose()

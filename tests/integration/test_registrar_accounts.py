@@ -98,9 +98,7 @@ async def add_account(
     secret: str = "foobar",
 ) -> str:
     sp, account = sid(), sid()
-    await execute(
-        "INSERT INTO service_providers (service_provider_sid, name) VALUES (%s, %s)", sp, f"sp-{sp}"
-    )
+    await execute("INSERT INTO service_providers (service_provider_sid, name) VALUES (%s, %s)", sp, f"sp-{sp}")
     await execute(
         "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, "
         "is_active, webhook_secret, device_to_call_ratio) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -648,16 +646,12 @@ async def test_shell_hosted_device_count(
         },
     )
     shell = registrar(pool, redis, http, names, hosting=True)
-    (allowed,) = await shell.handle(
-        [delivery(request_event(realm, authorization=digest(realm, "john", "x")), 0)]
-    )
+    (allowed,) = await shell.handle([delivery(request_event(realm, authorization=digest(realm, "john", "x")), 0)])
     assert reply_of(allowed, names).status == 200  # 2 distinct users, limit 1, +1 slack
     assert await redis.zscore(ACTIVE_USER_KEY, f"user:u3@{realm}") is None
 
     await redis.zadd(ACTIVE_USER_KEY, {f"user:u4@{realm}": now_ms + 60_000})
-    (denied,) = await shell.handle(
-        [delivery(request_event(realm, authorization=digest(realm, "john", "x")), 1)]
-    )
+    (denied,) = await shell.handle([delivery(request_event(realm, authorization=digest(realm, "john", "x")), 1)])
     reply = reply_of(denied, names)
     assert (reply.status, reply.reason) == (503, "Max Devices Registered")
     alert = denied.appends[0][1]  # type: ignore[union-attr]
@@ -683,9 +677,7 @@ async def test_shell_batch_read_failure_fails_the_registers_only(
             source_port=1,
             transport="udp",
         )
-        register_result, options_result = await shell.handle(
-            [delivery(request_event(realm), 0), delivery(options, 1)]
-        )
+        register_result, options_result = await shell.handle([delivery(request_event(realm), 0), delivery(options, 1)])
         assert isinstance(register_result, StoreUnavailable)
         assert options_result == Outcome()
     finally:

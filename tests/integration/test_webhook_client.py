@@ -220,9 +220,7 @@ async def test_post_sends_signed_json_with_headers(hook: Hook, session: aiohttp.
     assert answer.status == 200 and answer.reply.headers[1] == ("Expires", "30")
 
 
-async def test_get_sends_the_payload_in_the_query_without_headers(
-    hook: Hook, session: aiohttp.ClientSession
-) -> None:
+async def test_get_sends_the_payload_in_the_query_without_headers(hook: Hook, session: aiohttp.ClientSession) -> None:
     verdict = await call(session, f"{hook.base}/ok", method="GET")
     assert verdict.http_status == 200
     (seen,) = hook.seen
@@ -270,9 +268,7 @@ async def test_fail_maps_to_403_invalid_credentials(hook: Hook, session: aiohttp
     assert (answer.status, answer.reply.headers) == (403, [("X-Reason", "Invalid credentials")])
 
 
-async def test_blacklist_maps_to_403_spammer_with_merged_headers(
-    hook: Hook, session: aiohttp.ClientSession
-) -> None:
+async def test_blacklist_maps_to_403_spammer_with_merged_headers(hook: Hook, session: aiohttp.ClientSession) -> None:
     verdict = await call(session, f"{hook.base}/blacklist")
     answer = sip_answer(hook.base, verdict)
     assert answer.status == 403
