@@ -59,7 +59,9 @@ async def _wait_stores(services: Services, timeout_s: float = 10.0) -> None:
         await services.redis.ping()
 
 
-async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio.Event | None = None, tune_gc: bool = False
+) -> None:
     """Runs until SIGTERM/SIGINT (or `stop` is set), then stops: ingest first, projections last."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -86,7 +88,8 @@ async def run(settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio
         workers = [w for stage in staged for w in stage]
         health = HealthServer(*settings.http_listen, workers, metrics=lambda: collect_metrics(workers))
         log.info("starting roles=%s workers=%s", ",".join(roles), ",".join(w.name for w in workers))
-        _tune_gc()
+        if tune_gc:
+            _tune_gc()
         async with asyncio.TaskGroup() as group:
             tasks = {id(w): group.create_task(w.run(), name=w.name) for w in workers}
             health_task = group.create_task(health.run(), name="http")

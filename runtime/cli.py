@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if unknown or not roles:
         raise ConfigError("--roles", f"must be a comma list of {', '.join(app.ROLES)}, got {args.roles!r}")
     logs.configure(settings.log_level)
-    return _run_async(app.run(settings, roles))
+    return _run_async(app.run(settings, roles, tune_gc=True))
 
 
 def cmd_db_init(args: argparse.Namespace, env: Mapping[str, str]) -> int:
