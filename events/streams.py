@@ -11,11 +11,8 @@ from dataclasses import dataclass
 GROUP_PROCESSORS = "processors"
 GROUP_PROJECTIONS = "projections"
 GROUP_ALERTS_PROJECTION = "projection-alerts"
-# Groups that tests and tools use to run one handler alone.
-GROUP_REGISTRAR = "registrar"
+# A group for running the heartbeat handler alone (tests).
 GROUP_HEARTBEAT = "heartbeat"
-GROUP_REGISTRATIONS_PROJECTION = "projection-registrations"
-GROUP_HISTORY_PROJECTION = "projection-history"
 
 # Keys that jambonz itself reads (SPEC 5.6): no cluster prefix on these two.
 ACTIVE_USER_KEY = "active-user"

@@ -102,10 +102,6 @@ class Consumer:
         """Stop reading; the batch in hand is finished and committed first."""
         self._stopping.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     async def run(self) -> None:
         for stream in self.streams:
             await self.log.ensure_group(stream, self.group)

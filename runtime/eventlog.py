@@ -34,12 +34,6 @@ class StoredEvent:
     event: Event
 
 
-def entry_ms(entry_id: str | bytes) -> int:
-    """The millisecond timestamp part of a stream entry id."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.partition("-")[0])
-
-
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 
 

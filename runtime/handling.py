@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,20 +43,6 @@ class BatchHandler(Protocol):
     """
 
     async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]: ...
-
-
-class ConcurrentHandler:
-    """Adapts a per-delivery coroutine to a BatchHandler, running a batch's deliveries concurrently."""
-
-    def __init__(self, handle_one: Callable[[Delivery], Awaitable[Outcome]]) -> None:
-        self._handle_one = handle_one
-
-    async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]:
-        results = await asyncio.gather(*(self._handle_one(d) for d in deliveries), return_exceptions=True)
-        for result in results:
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-        return results
 
 
 class Fanout:

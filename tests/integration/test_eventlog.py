@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from events import RegisterChallenged, RegistrationExpired, StreamNames, stamp
 from runtime.consumer import Consumer
 from runtime.eventlog import EventLog
-from runtime.handling import ConcurrentHandler, Delivery, Outcome
+from runtime.handling import Delivery, Fanout, Outcome
 
 
 def challenged(i: int) -> RegisterChallenged:
@@ -76,18 +76,24 @@ async def test_every_appended_event_is_delivered_and_acked(eventlog: EventLog, n
     assert checkpoint == last_id
 
 
-async def test_concurrent_handler_adapter_keeps_order_and_failures(eventlog: EventLog, names: StreamNames):
-    async def one(delivery: Delivery) -> Outcome:
-        if delivery.event.aor == "u1@example.com":
-            raise ValueError("boom")
-        await asyncio.sleep(0.001 * (3 - int(delivery.event.nonce)))
-        return Outcome()
+async def test_fanout_merges_outcomes_and_fails_a_delivery_any_handler_failed(names: StreamNames):
+    class Appends:
+        async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome | BaseException]:
+            return [Outcome(appends=[(names.registrations, d.event)]) for d in deliveries]
 
-    handler = ConcurrentHandler(one)
+    class Writes:
+        async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome | BaseException]:
+            return [
+                ValueError("no") if d.entry_id == "1-1" else Outcome(writes=[("SET", d.entry_id, "1")])
+                for d in deliveries
+            ]
+
     deliveries = [Delivery(names.requests, f"1-{i}", challenged(i)) for i in range(3)]
-    results = await handler.handle(deliveries)
-    assert isinstance(results[0], Outcome) and isinstance(results[2], Outcome)
+    results = await Fanout(Appends(), Writes()).handle(deliveries)
     assert isinstance(results[1], ValueError)
+    first = results[0]
+    assert isinstance(first, Outcome)
+    assert first.appends == [(names.registrations, deliveries[0].event)] and first.writes == [("SET", "1-0", "1")]
 
 
 async def test_crash_between_handling_and_commit_is_finished_by_a_peer_exactly_once(

@@ -239,10 +239,6 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
     async def drain(self, grace_s: float) -> None:
         """New requests get 503 from now on; waits up to `grace_s` for those in flight, then cancels."""
         self._draining = True
