@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 
 from events import Event, ReplyIssued
 from ingest.fronts.front import IncomingRequest, SipFront
 from ingest.replies import ReplyRouter
 from ingest.requests import BadRequest, is_heartbeat, options_received, register_received
+from ingest.sip import SipRequest
 from runtime.eventlog import Appender
 from runtime.services import Services, Worker
 
 log = logging.getLogger(__name__)
 
 ALLOWED_METHODS = "REGISTER, OPTIONS"
+Answer = tuple[int, str, Sequence[tuple[str, str]]]
 
 
 @dataclass(slots=True)
@@ -47,53 +50,51 @@ class Ingest:
         self.reply_timeout_s = reply_timeout_s
         self.stats = IngestStats()
 
-    def answer_now(self, request: IncomingRequest) -> bool:
-        """Answers in place what needs no decision (keep-alive OPTIONS, ACK, other methods).
-
-        Only for fronts whose requests can answer synchronously (`respond_now`); True when done.
-        """
-        respond_now = getattr(request, "respond_now", None)
-        if respond_now is None:
-            return False
-        message = request.message
+    def _at_once(self, message: SipRequest) -> Answer | bool:
+        """What needs no decision: the answer to send at once, True for none (ACK), False for a decision."""
         method = message.method.upper()
+        if method == "REGISTER":
+            return False
         if method == "OPTIONS":
             if is_heartbeat(message):
                 return False
             self.stats.options_answered += 1
-            respond_now(200, "OK")
-            return True
+            return (200, "OK", ())
         if method == "ACK":
             return True
-        if method != "REGISTER":
-            self.stats.not_allowed += 1
-            respond_now(405, "Method Not Allowed", [("Allow", ALLOWED_METHODS)])
+        self.stats.not_allowed += 1
+        return (405, "Method Not Allowed", (("Allow", ALLOWED_METHODS),))
+
+    def answer_now(self, request: IncomingRequest) -> bool:
+        """Answers in place what needs no decision, for fronts that can send synchronously (`respond_now`)."""
+        respond_now = getattr(request, "respond_now", None)
+        if respond_now is None:
+            return False
+        answer = self._at_once(request.message)
+        if isinstance(answer, tuple):
+            respond_now(*answer)
             return True
-        return False
+        return answer
 
     async def __call__(self, request: IncomingRequest) -> None:
         message = request.message
-        method = message.method.upper()
-        if method == "REGISTER":
-            self.stats.registers += 1
-            event = register_received(message, request.facts, self.reply_to)
-            if isinstance(event, BadRequest):
-                self.stats.bad_requests += 1
-                await request.respond(400, "Bad Request", [("X-Reason", event.reason)])
-                return
-            await self._decide(request, event)
-        elif method == "OPTIONS":
-            if not is_heartbeat(message):
-                self.stats.options_answered += 1
-                await request.respond(200, "OK")
-                return
+        answer = self._at_once(message)
+        if isinstance(answer, tuple):
+            await request.respond(*answer)
+            return
+        if answer:
+            return
+        if message.method.upper() == "OPTIONS":
             self.stats.heartbeats += 1
             await self._decide(request, options_received(message, request.facts, self.reply_to))
-        elif method == "ACK":
             return
-        else:
-            self.stats.not_allowed += 1
-            await request.respond(405, "Method Not Allowed", [("Allow", ALLOWED_METHODS)])
+        self.stats.registers += 1
+        event = register_received(message, request.facts, self.reply_to)
+        if isinstance(event, BadRequest):
+            self.stats.bad_requests += 1
+            await request.respond(400, "Bad Request", [("X-Reason", event.reason)])
+            return
+        await self._decide(request, event)
 
     async def _decide(self, request: IncomingRequest, event: Event) -> None:
         waiter = self.replies.expect(event.correlation_id)

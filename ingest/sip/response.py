@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from events.sip_status import REASON_PHRASES
 from ingest.sip.errors import SipParseError
 from ingest.sip.message import Headers, SipRequest, SipResponse
 from ingest.sip.syntax import is_token
@@ -11,44 +12,6 @@ from ingest.sip.uri import parse_name_addr
 
 __all__ = ["REASON_PHRASES", "make_response"]
 
-REASON_PHRASES: dict[int, str] = {
-    100: "Trying",
-    180: "Ringing",
-    183: "Session Progress",
-    200: "OK",
-    202: "Accepted",
-    302: "Moved Temporarily",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    407: "Proxy Authentication Required",
-    408: "Request Timeout",
-    413: "Request Entity Too Large",
-    415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme",
-    420: "Bad Extension",
-    423: "Interval Too Brief",
-    429: "Too Many Requests",
-    480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist",
-    482: "Loop Detected",
-    483: "Too Many Hops",
-    486: "Busy Here",
-    487: "Request Terminated",
-    488: "Not Acceptable Here",
-    500: "Server Internal Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-    504: "Server Time-out",
-    505: "Version Not Supported",
-    513: "Message Too Large",
-    600: "Busy Everywhere",
-    603: "Decline",
-    604: "Does Not Exist Anywhere",
-    606: "Not Acceptable",
-}
 # Copied from the request in this order (RFC 3261 8.2.6.1-2); Timestamp is echoed without a delay value.
 _COPIED = ("via", "from", "to", "call-id", "cseq", "timestamp")
 

@@ -38,6 +38,7 @@ from events import (
     WebhookFailed,
     new_event_id,
 )
+from events.sip_status import REASON_PHRASES, reason_phrase
 from processors.registrar.client_password import ClientPasswordCipher, ClientPasswordError
 from processors.registrar.digest import missing_fields, verify_response
 from processors.registrar.facts import (
@@ -55,7 +56,6 @@ from processors.registrar.facts import (
 )
 from processors.registrar.grant import Grant, grant_from_webhook, merge_headers
 from processors.registrar.nonce import NonceCheck, NonceSigner
-from processors.registrar.status_phrases import is_relayable_failure, reason_phrase
 from processors.registrar.webhook import loggable_url
 
 NAT_EXPIRES_S = 30  # advertised to UDP clients, and in every cached answer
@@ -182,6 +182,16 @@ class Situation:
             account_sid=account.account_sid if account is not None else None,
         )
         return self.answer(status, reason, headers, *alerts, rejected)
+
+
+def is_relayable_failure(status: int) -> bool:
+    """A status a webhook's HTTP answer may be relayed as: a known SIP failure code (3xx-6xx).
+
+    jambonz relays any non-200 HTTP status and, when drachtio rejects the number, sends
+    nothing (the phone times out). We answer 500 instead for an unknown code and also for
+    2xx/1xx, which would tell the phone it is registered when no binding was stored.
+    """
+    return status >= 300 and status in REASON_PHRASES
 
 
 def rewrite_contact_expires(contact: str, expires_s: int) -> str:

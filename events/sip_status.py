@@ -1,8 +1,13 @@
-"""SIP final-response reason phrases (RFC 3261 21 and later RFCs) for the answers the registrar gives."""
+"""SIP status codes and their reason phrases (RFC 3261 21 and later RFCs): part of every reply's contract."""
 
 from __future__ import annotations
 
 REASON_PHRASES: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
     200: "OK",
     202: "Accepted",
     204: "No Notification",
@@ -76,14 +81,5 @@ REASON_PHRASES: dict[int, str] = {
 
 
 def reason_phrase(status: int) -> str:
+    """The usual reason phrase of a status, or "" for one without a registered phrase."""
     return REASON_PHRASES.get(status, "")
-
-
-def is_relayable_failure(status: int) -> bool:
-    """A status a webhook's HTTP answer may be relayed as: a known SIP failure code (3xx-6xx).
-
-    jambonz relays any non-200 HTTP status and, when drachtio rejects the number, sends
-    nothing (the phone times out). We answer 500 instead for an unknown code and also for
-    2xx/1xx, which would tell the phone it is registered when no binding was stored.
-    """
-    return status >= 300 and status in REASON_PHRASES
