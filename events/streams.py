@@ -65,6 +65,10 @@ class StreamNames:
     def replies(self, ingest_id: str) -> str:
         return f"{self.prefix}:replies:{ingest_id}"
 
+    def is_replies(self, stream: str) -> bool:
+        """Whether a stream is an ingest's reply stream (trimmed by length, not by age)."""
+        return stream.startswith(f"{self.prefix}:replies:")
+
     def checkpoint(self, group: str) -> str:
         """Hash of stream name → id of the last entry the group committed."""
         return f"{self.prefix}:checkpoint:{group}"

@@ -92,6 +92,12 @@ def _entries(reply: object) -> list[tuple[str, RawEntry]]:
     return out
 
 
+def retention_min_id(retention_s: int, now_ms: int | None = None) -> str:
+    """The oldest stream id a retention window keeps: what XADD MINID and XTRIM MINID are given."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"{max(now_ms - retention_s * 1000, 0)}-0"
+
+
 class EventLog:
     """Appends events to streams and reads them back; owns trimming and consumer groups.
 
@@ -154,11 +160,10 @@ class EventLog:
     def xadd_command(self, stream: str, event: Event) -> list[object]:
         """The XADD for one event, trimmed by age (replies streams: by length)."""
         fields = self.codec.encode(event)
-        if ":replies:" in stream:
+        if self.names.is_replies(stream):
             trim: list[object] = ["MAXLEN", "~", self.settings.replies_maxlen]
         else:
-            min_ms = int(time.time() * 1000) - self.settings.retention_s * 1000
-            trim = ["MINID", "~", f"{max(min_ms, 0)}-0"]
+            trim = ["MINID", "~", retention_min_id(self.settings.retention_s)]
         command: list[object] = ["XADD", stream, *trim, "*"]
         for key, value in fields.items():
             command.append(key)
@@ -202,8 +207,7 @@ class EventLog:
 
     async def trim(self, stream: str, now_ms: int | None = None) -> int:
         """Drops entries older than the retention window (exact, not approximate)."""
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        min_id = f"{max(now_ms - self.settings.retention_s * 1000, 0)}-0"
+        min_id = retention_min_id(self.settings.retention_s, now_ms)
         return int(await self.redis.xtrim(stream, minid=min_id, approximate=False))
 
     async def read(self, stream: str, start: str = "-", end: str = "+", count: int | None = None) -> list[StoredEvent]:

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runtime.errors import ConfigError
 
@@ -160,7 +160,6 @@ class Settings:
     regbot_batch_sleep_ms: int = 250
     socket_path: str = "/tmp/sbc-sip-sidecar.sock"
     enable_metrics: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ class OutboundRequest:
     headers: Sequence[tuple[str, str]] = ()
     body: bytes = b""
     next_hop: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class SipFront(Protocol):

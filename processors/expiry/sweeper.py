@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from events import StreamNames, new_event_id
 from events.envelope import utc_now
+from runtime.eventlog import retention_min_id
 from runtime.redis_scripts import Script
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class ExpirySweeper:
         total = 0
         while True:
             now_ms = int(self.clock() * 1000)
-            min_id = f"{max(now_ms - self.retention_s * 1000, 0)}-0"
+            min_id = retention_min_id(self.retention_s, now_ms)
             ids = [new_event_id() for _ in range(self.batch)]
             now_iso = utc_now().isoformat().replace("+00:00", "Z")
             keys = (self.names.expiry_due, self.names.registration_versions, self.names.registrations)

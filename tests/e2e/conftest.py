@@ -33,7 +33,6 @@ class Sidecar:
     udp_port: int
     tcp_port: int
     http_port: int
-    extra_ports: dict[str, int] = field(default_factory=dict)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
