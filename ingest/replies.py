@@ -1,4 +1,8 @@
-"""The reply path's ingest end: one reader of `replies:<ingest_id>` resolving waiters by correlation id."""
+"""The reply path's ingest end: one reader of `replies:<ingest_id>` resolving waiters by correlation id.
+
+Processors in the same process hand their replies over directly (`EventLog.attach_local`), after
+their commit; the stream carries the replies of processors elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events import EventCodec, ReplyIssued
+from events import Event, EventCodec, ReplyIssued
 from runtime.eventlog import StreamReader
 
 log = logging.getLogger(__name__)
@@ -112,6 +116,10 @@ class ReplyRouter:
         except ValueError as exc:
             log.error("undecodable reply dropped error=%s", exc)
             return
+        self.deliver(reply)
+
+    def deliver(self, reply: Event) -> None:
+        """Hands a decision to its waiting request: read from the stream, or from a consumer of this process."""
         if not isinstance(reply, ReplyIssued):
             log.error("unexpected event on reply stream type=%s", reply.TYPE)
             return

@@ -143,6 +143,7 @@ class IngestWorker:
     def __init__(self, services: Services, front: SipFront) -> None:
         settings = services.settings
         self.front = front
+        self.eventlog = services.eventlog
         self.replies = ReplyRouter(
             services.redis,
             services.eventlog.blocking_reader(),
@@ -186,13 +187,17 @@ class IngestWorker:
         async with asyncio.TaskGroup() as group:
             replies = group.create_task(self.replies.run(), name="replies")
             await self.replies.ready.wait()
-            async with self.appender:
-                async with self.front:
-                    await self._front_ready()
-                    self.ready.set()
-                    log.info("ingest serving sbc_address=%s", self.front.sbc_address)
-                    await self._stop.wait()
-                    log.info("ingest stopping: listeners closed, finishing in-flight requests")
+            self.eventlog.attach_local(self.replies.stream, self.replies.deliver)
+            try:
+                async with self.appender:
+                    async with self.front:
+                        await self._front_ready()
+                        self.ready.set()
+                        log.info("ingest serving sbc_address=%s", self.front.sbc_address)
+                        await self._stop.wait()
+                        log.info("ingest stopping: listeners closed, finishing in-flight requests")
+            finally:
+                self.eventlog.detach_local(self.replies.stream)
             self.replies.stop()
             await replies
 

@@ -17,13 +17,13 @@ def build(services: Services) -> list[Worker]:
     from runtime.consumer import Consumer
     from runtime.handling import Fanout
 
-    assert services.mysql is not None and services.http is not None, "processors need MySQL and HTTP"
+    assert services.mysql is not None and services.webhooks is not None, "processors need MySQL and HTTP"
     settings = services.settings
     registrar = Registrar(
         RegistrarConfig.from_settings(settings),
         services.redis,
         services.mysql,
-        services.http,
+        services.webhooks,
         services.clock,
         mget=services.eventlog.read_keys,
     )

@@ -23,6 +23,12 @@ def build(services: Services) -> list[Worker]:
         HistoryProjection(names, services.settings.eventlog.retention_s),
     )
     return [
-        Consumer(services.eventlog, [names.registrations, names.requests], GROUP_PROJECTIONS, handler),
+        Consumer(
+            services.eventlog,
+            [names.registrations, names.requests],
+            GROUP_PROJECTIONS,
+            handler,
+            linger_ms=services.settings.eventlog.projection_linger_ms,
+        ),
         *alerts.build(services),
     ]

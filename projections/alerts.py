@@ -119,5 +119,6 @@ def build(services: Services) -> list[Worker]:
             GROUP_ALERTS_PROJECTION,
             projection,
             name=f"{GROUP_ALERTS_PROJECTION}-{services.settings.ingest_id}",
+            linger_ms=services.settings.eventlog.projection_linger_ms,
         )
     ]

@@ -15,6 +15,7 @@ from runtime.eventlog import EventLog
 from runtime.health import HealthServer
 from runtime.services import Services, Worker
 from runtime.settings import Settings
+from runtime.webclient import HttpClient
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,16 @@ async def run(
         redis = await stack.enter_async_context(open_redis(settings.redis))
         needs_mysql = "processors" in roles
         mysql = await stack.enter_async_context(open_mysql(settings.mysql)) if needs_mysql else None
-        needs_http = needs_mysql or "projections" in roles
+        needs_http = "projections" in roles  # the InfluxDB alerts
         http = await stack.enter_async_context(open_http(settings.http_user_agent)) if needs_http else None
+        webhooks = HttpClient(user_agent=settings.http_user_agent) if needs_mysql else None
+        if webhooks is not None:
+            stack.callback(webhooks.close)
         names = StreamNames(settings.eventlog.cluster_id)
         codec = default_codec()
         eventlog = EventLog(redis, codec, names, settings.eventlog, resp_link_settings(settings.redis))
         stack.callback(eventlog.close)
-        services = Services(settings, redis, mysql, http, codec, names, eventlog)
+        services = Services(settings, redis, mysql, http, codec, names, eventlog, webhooks)
         await _wait_stores(services)
         builders = role_builders()
         staged: list[list[Worker]] = [builders[role](services) for role in ROLES if role in roles]

@@ -17,13 +17,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from events import EventDecodeError
+from events import Event, EventDecodeError
 from runtime.eventlog import EventLog
 from runtime.handling import BatchHandler, Delivery, Outcome
 from runtime.redis_scripts import scripts_used
@@ -69,6 +69,7 @@ class Consumer:
         *,
         name: str | None = None,
         block_ms: int | None = None,
+        linger_ms: int = 0,
     ) -> None:
         self.log = eventlog
         self.streams = [stream] if isinstance(stream, str) else list(stream)
@@ -78,6 +79,10 @@ class Consumer:
         settings = eventlog.settings
         self.batch_size = settings.batch_size
         self.block_ms = block_ms if block_ms is not None else settings.block_ms
+        # A consumer off the request path (projections) may wait this long after a short batch before
+        # reading again, so that at moderate load it reads tens of entries per round trip, not one.
+        self.linger_s = linger_ms / 1000
+        self._last_read = 0.0
         self.claim_idle_ms = settings.claim_idle_ms
         self.max_deliveries = settings.max_deliveries
         self.stats = ConsumerStats()
@@ -147,7 +152,13 @@ class Consumer:
             claimed = await self._claim()
             if claimed:
                 return await self._process(claimed)
+        if self.linger_s:
+            wait = self._last_read + self.linger_s - now
+            if wait > 0:
+                await self._sleep(wait)
         entries = await self._read()
+        if len(entries) < self.batch_size:
+            self._last_read = time.monotonic()
         if not entries:
             return 0
         return await self._process(self._as_batch(entries, {}))
@@ -224,6 +235,8 @@ class Consumer:
         acked: dict[str, list[str]] = {}
         failed = 0
         xadd = self.log.xadd_command
+        local_sink = self.log.local_sink
+        local: list[tuple[Callable[[Event], None], Event]] = []
         for delivery, result in zip(batch.deliveries, results, strict=True):
             if isinstance(result, BaseException):
                 failed += 1
@@ -240,7 +253,11 @@ class Consumer:
                 )
                 continue
             for stream, event in result.appends:
-                commands.append(xadd(stream, event))
+                sink = local_sink(stream)
+                if sink is None:
+                    commands.append(xadd(stream, event))
+                else:
+                    local.append((sink, event))
             commands.extend(result.writes)
             acked.setdefault(delivery.stream, []).append(delivery.entry_id)
             if delivery.delivery_count > 1:
@@ -272,6 +289,8 @@ class Consumer:
         if not acked and not failed:
             return
         await self.log.commit(commands, scripts_used(writes))
+        for sink, event in local:
+            sink(event)
         if self._failures:
             for stream, ids in acked.items():
                 for entry_id in ids:

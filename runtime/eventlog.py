@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,22 @@ class EventLog:
         self._link_settings = link
         self._link = RespLink(link) if link is not None else None
         self._readers: list[StreamReader] = []
+        self._local: dict[str, Callable[[Event], None]] = {}
+
+    def attach_local(self, stream: str, sink: Callable[[Event], None]) -> None:
+        """Events a consumer of this process commits for `stream` go to `sink` instead of Redis.
+
+        Only for streams whose one reader lives in this process and that nobody else needs to see:
+        the reply stream of an ingest. The sink is called after the commit's EXEC, so a reply is
+        never seen before the facts it answers are stored.
+        """
+        self._local[stream] = sink
+
+    def detach_local(self, stream: str) -> None:
+        self._local.pop(stream, None)
+
+    def local_sink(self, stream: str) -> Callable[[Event], None] | None:
+        return self._local.get(stream)
 
     def blocking_reader(self) -> StreamReader:
         """A reader with its own connection; closed by its owner, or at the latest by `close`."""

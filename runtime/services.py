@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from events import EventCodec, StreamNames
 from runtime.eventlog import EventLog
 from runtime.settings import Settings
+from runtime.webclient import HttpClient
 
 
 class Worker(Protocol):
@@ -44,4 +45,5 @@ class Services:
     codec: EventCodec
     names: StreamNames
     eventlog: EventLog
+    webhooks: HttpClient | None = None  # the registration webhook's keep-alive client (processors)
     clock: Clock = field(default=time.time)

@@ -117,6 +117,7 @@ class EventLogSettings:
     retention_s: int = 7 * 24 * 3600
     batch_size: int = 100
     block_ms: int = 1000
+    projection_linger_ms: int = 20
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
     replies_maxlen: int = 5000
@@ -372,6 +373,7 @@ class _Reader:
             retention_s=self.integer("SIDECAR_RETENTION_S", 7 * 24 * 3600, minimum=60),
             batch_size=self.integer("SIDECAR_BATCH_SIZE", 100, minimum=1, maximum=10_000),
             block_ms=self.integer("SIDECAR_BLOCK_MS", 1000, minimum=1),
+            projection_linger_ms=self.integer("SIDECAR_PROJECTION_LINGER_MS", 20, minimum=0, maximum=10_000),
             claim_idle_ms=self.integer("SIDECAR_CLAIM_IDLE_MS", 30_000, minimum=100),
             max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
             replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),

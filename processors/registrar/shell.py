@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import aiomysql
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -43,6 +42,7 @@ from processors.registrar.nonce import NonceSigner
 from processors.registrar.webhook import WebhookCall, call_webhook, webhook_payload
 from runtime.errors import StoreUnavailable
 from runtime.handling import Delivery, Outcome
+from runtime.webclient import HttpClient
 
 if TYPE_CHECKING:
     from runtime.settings import Settings
@@ -96,7 +96,7 @@ class Registrar:
         config: RegistrarConfig,
         redis: aioredis.Redis,
         mysql_pool: aiomysql.Pool,
-        http: aiohttp.ClientSession,
+        http: HttpClient,
         clock: Callable[[], float] = time.time,
         mget: Callable[[list[str]], Awaitable[list[Any]]] | None = None,
     ) -> None:

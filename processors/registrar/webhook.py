@@ -1,6 +1,6 @@
 """The registration webhook call (SPEC 2.6): payload, signature, deadline, and a verdict.
 
-One pooled `aiohttp.ClientSession` is passed in. `call_webhook` never raises for an HTTP or
+One pooled `runtime.webclient.HttpClient` is passed in. `call_webhook` never raises for an HTTP or
 network problem: it returns a `WebhookVerdict` that `decide.judge_webhook` maps to an answer.
 Deliberate change: jambonz has no timeout (Node fetch waits minutes); here a deadline
 (SIDECAR_WEBHOOK_TIMEOUT_S, default 5 s) covers connect, headers and body, and running out of
@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import msgspec
 import yarl
 
 from events import RegisterReceived
 from processors.registrar.facts import RegistrationHook, WebhookFailure, WebhookVerdict
+from runtime.webclient import HttpClient, HttpError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def query_string(payload: Payload) -> str:
 
 def build_request(
     call: WebhookCall, payload: Payload, *, now_s: float, user_agent: str | None
-) -> tuple[str, yarl.URL, dict[str, str], bytes | None]:
+) -> tuple[str, str, dict[str, str], bytes | None]:
     """Method, URL, headers and body of the webhook request. Pure, for the tests too."""
     headers = {"Content-Type": "application/json"}
     if call.username and call.password:
@@ -112,10 +112,10 @@ def build_request(
     if call.is_get:
         # jambonz appends `?` blindly; we join with `&` when the URL already has a query.
         joiner = "&" if "?" in call.url else "?"
-        url = yarl.URL(f"{call.url}{joiner}{query_string(payload)}", encoded=True)
+        url = f"{call.url}{joiner}{query_string(payload)}"
         body, signed = None, GET_SIGNED_BODY
     else:
-        url = yarl.URL(call.url)
+        url = call.url
         body = signed = msgspec.json.encode(payload)
     if call.secret:
         headers[SIGNATURE_HEADER] = signature(call.secret, int(now_s), signed)
@@ -123,7 +123,7 @@ def build_request(
 
 
 async def call_webhook(
-    session: aiohttp.ClientSession,
+    client: HttpClient,
     call: WebhookCall,
     payload: Payload,
     *,
@@ -133,7 +133,6 @@ async def call_webhook(
 ) -> WebhookVerdict:
     """Call the webhook once, within `timeout_s`; redirects are followed, as with fetch."""
     started = time.perf_counter()
-    where = loggable_url(call.url)
 
     def verdict(
         http_status: int | None = None,
@@ -146,24 +145,22 @@ async def call_webhook(
     try:
         method, url, headers, body = build_request(call, payload, now_s=clock(), user_agent=user_agent)
         async with asyncio.timeout(timeout_s):
-            async with session.request(method, url, headers=headers, data=body) as response:
-                status = response.status
-                if status != 200:
-                    log.info("webhook answered url=%s status=%s", where, status)
-                    return verdict(http_status=status)
-                raw = await response.read()
+            response = await client.request(method, url, headers=headers, body=body)
     except TimeoutError:
-        log.warning("webhook timed out url=%s timeout_s=%s", where, timeout_s)
+        log.warning("webhook timed out url=%s timeout_s=%s", loggable_url(call.url), timeout_s)
         return verdict(failure=WebhookFailure.TIMEOUT)
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        # ValueError: a URL yarl/aiohttp cannot use. Only the exception's type is logged.
-        log.warning("webhook unreachable url=%s error=%s", where, type(exc).__name__)
+    except HttpError as exc:
+        # The error names what failed (connect, framing), never a header or the URL's credentials.
+        log.warning("webhook unreachable url=%s error=%s", loggable_url(call.url), exc)
         return verdict(failure=WebhookFailure.UNREACHABLE)
+    if response.status != 200:
+        log.info("webhook answered url=%s status=%s", loggable_url(call.url), response.status)
+        return verdict(http_status=response.status)
     try:
-        parsed = msgspec.json.decode(raw)
+        parsed = msgspec.json.decode(response.body)
     except msgspec.DecodeError:
         parsed = None
     if not isinstance(parsed, dict):
-        log.info("webhook answered 200 without a JSON object url=%s", where)
+        log.info("webhook answered 200 without a JSON object url=%s", loggable_url(call.url))
         return verdict(http_status=200, failure=WebhookFailure.NOT_JSON)
     return verdict(http_status=200, body=parsed)

@@ -23,7 +23,24 @@ from tests.conftest import base_env, free_port
 from tests.e2e.jambonz import AuthWebhook
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+PROJECTION_WAIT_S = 5.0
 SIPP = shutil.which("sipp")
+
+
+async def projected(redis: Redis, key: str, *, gone: bool = False) -> bytes | None:
+    """The value of a key the projections write, once written (or once deleted, with `gone`).
+
+    Projections follow the facts asynchronously (SIDECAR_PROJECTION_LINGER_MS), so a key appears
+    a few milliseconds after the SIP answer that reported its fact.
+    """
+    deadline = asyncio.get_running_loop().time() + PROJECTION_WAIT_S
+    while True:
+        value: bytes | None = await redis.get(key)
+        if (value is None) == gone:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{key} was {'still there' if gone else 'never written'} after {PROJECTION_WAIT_S}s")
+        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ingest.sip import SipResponse, parse_message
-from tests.e2e.conftest import start_sidecar, stop_sidecar
+from tests.e2e.conftest import projected, start_sidecar, stop_sidecar
 from tests.e2e.jambonz import AuthWebhook, populate
 from tests.integration.test_drachtio_front import HOSTPORTS, SECRET, DrachtioPeer, network_request
 
@@ -82,7 +82,7 @@ async def test_register_and_options_through_drachtio(
         granted = await answer_to(connection, "txn-2")
         assert granted.status == 200
         assert granted.headers.get("Expires") == "30"  # drachtio said udp: the NAT rule applies
-        record = json.loads(await redis.get("user:john@jambonz.org"))
+        record = json.loads(await projected(redis, "user:john@jambonz.org") or b"")
         assert record["sbcAddress"] == HOSTPORTS  # drachtio's hostport string, byte for byte
         assert record["proxy"] == "sip:192.0.2.44:5062"
         assert record["protocol"] == "udp"

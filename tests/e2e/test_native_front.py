@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import random
 import ssl
 from pathlib import Path
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from redis.asyncio import Redis
 
 from events import RegisterReceived, default_codec
@@ -21,6 +16,7 @@ from ingest.fronts.front import IncomingRequest
 from ingest.fronts.native import NativeFront
 from ingest.sip import SipResponse, parse_message
 from runtime.settings import SipListen
+from tests.certs import self_signed
 from tests.conftest import free_port
 from tests.e2e.conftest import Sidecar, run_sipp, start_sidecar, stop_sidecar, udp_exchange
 from tests.e2e.jambonz import AuthWebhook, populate
@@ -30,31 +26,6 @@ OPTIONS = (
     "From: <sip:probe@example.com>;tag=9\r\nTo: <sip:{host}>\r\nCall-ID: {branch}\r\nCSeq: 1 OPTIONS\r\n"
     "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
 )
-
-
-def self_signed(tmp_path: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sbc.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("sbc.test")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return str(cert_path), str(key_path)
 
 
 async def read_sip_response(reader: asyncio.StreamReader) -> SipResponse:

@@ -37,7 +37,7 @@ from projections.history import describe_step, load_history
 from runtime import app
 from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, base_env, free_port
 from tests.e2e import jambonz
-from tests.e2e.conftest import Sidecar, run_sipp, start_sidecar, stop_sidecar
+from tests.e2e.conftest import Sidecar, projected, run_sipp, start_sidecar, stop_sidecar
 from tests.e2e.jambonz import WEBHOOK_SECRET, AuthWebhook, populate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -336,7 +336,7 @@ async def test_clients_table_authenticates_with_the_api_server_cipher(
     flow = await register_from_new_socket(sidecar.udp_port, "alice", "s3cret-Pa55", realm)
     assert [a.status for a in flow.answers] == [401, 200]
     assert flow.answers[1].header("Expires") == "30"  # the requested 3600, advertised 30 over UDP
-    record = json.loads(await redis.get(f"user:alice@{realm}"))
+    record = json.loads(await projected(redis, f"user:alice@{realm}") or b"")
     assert record["allow_direct_app_calling"] == 1
     assert record["allow_direct_queue_calling"] == 0
     assert record["allow_direct_user_calling"] == 1
@@ -405,6 +405,27 @@ async def test_forged_and_expired_nonces_get_a_stale_challenge_and_no_webhook_ca
     codec = default_codec()
     challenged = [codec.decode(f) for _, f in await redis.xrange(sidecar.names.registrations)]
     assert [e.stale for e in challenged if isinstance(e, RegisterChallenged)] == [False, True, True]
+
+
+async def test_replies_cross_processes_by_stream_and_stay_in_process_otherwise(
+    sidecars: StartSidecar, hooked_realm: str, redis: Redis
+) -> None:
+    """Ingest alone in one sidecar, processors in another: every answer travels on replies:<ingest_id>.
+    All roles in one sidecar: the processor hands its replies over directly, none touch that stream."""
+    realm = hooked_realm
+    edge = await sidecars(roles=("ingest",))
+    core = await sidecars(roles=("processors", "projections"))
+    flow = await register_from_new_socket(edge.udp_port, "john", "1234", realm)
+    assert [a.status for a in flow.answers] == [401, 200]
+    reply_stream = edge.names.replies(edge.settings.ingest_id)
+    assert await redis.xlen(reply_stream) == 2  # the 401 and the 200
+    await stop_sidecar(edge)
+    await stop_sidecar(core)
+
+    whole = await sidecars()
+    flow = await register_from_new_socket(whole.udp_port, "jane", "5678", realm)
+    assert [a.status for a in flow.answers] == [401, 200]
+    assert await redis.xlen(whole.names.replies(whole.settings.ingest_id)) == 0
 
 
 # --- 3. replay ------------------------------------------------------------------------------------

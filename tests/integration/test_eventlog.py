@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from events import RegisterChallenged, RegistrationExpired, StreamNames, stamp
 from runtime.consumer import Consumer
@@ -221,3 +222,58 @@ async def test_groups_are_created_idempotently(eventlog: EventLog, names: Stream
     await eventlog.ensure_group(names.requests, group)
     groups = await redis.xinfo_groups(names.requests)
     assert [g["name"] for g in groups] == [group.encode()]
+
+
+async def test_a_lingering_consumer_reads_what_arrived_meanwhile_in_one_batch(eventlog: EventLog, names: StreamNames):
+    class Sizes:
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome | BaseException]:
+            self.batches.append(len(deliveries))
+            return [Outcome() for _ in deliveries]
+
+    await eventlog.ensure_group(names.requests, "g")
+    eager, lazy = Sizes(), Sizes()
+    await eventlog.append(names.requests, [challenged(0)])
+    assert await Consumer(eventlog, names.requests, "g", eager, name="eager").run_once() == 1
+    lingering = Consumer(eventlog, names.requests, "g", lazy, name="lazy", linger_ms=300)
+    await eventlog.append(names.requests, [challenged(1)])
+    assert await lingering.run_once() == 1  # a short batch: the next read waits out the linger ...
+    turn = asyncio.create_task(lingering.run_once())
+    for i in range(2, 6):  # ... while these arrive one at a time
+        await eventlog.append(names.requests, [challenged(i)])
+    assert await turn == 4 and lazy.batches == [1, 4]
+
+
+async def test_appends_to_a_local_sink_skip_redis_and_arrive_only_after_the_commit(
+    eventlog: EventLog, names: StreamNames, redis: Redis
+):
+    local_stream = names.replies("ingest-here")
+    broken = {"on": True}
+
+    class Replies:
+        async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome | BaseException]:
+            writes: list[tuple[str | bytes | int | float, ...]] = [("NOSUCHCOMMAND",)] if broken["on"] else []
+            return [
+                Outcome(appends=[(names.registrations, d.event), (local_stream, d.event)], writes=writes)
+                for d in deliveries
+            ]
+
+    delivered: list[RegisterChallenged] = []
+    eventlog.attach_local(local_stream, lambda event: delivered.append(event))  # type: ignore[arg-type]
+    await eventlog.append(names.requests, [challenged(i) for i in range(3)])
+    await eventlog.ensure_group(names.requests, "g")
+    consumer = Consumer(eventlog, names.requests, "g", Replies())
+    try:
+        with pytest.raises(RedisError):
+            await consumer.run_once()  # the commit fails: nothing stored, and no reply handed over
+        assert delivered == [] and await redis.xlen(names.registrations) == 0
+        broken["on"] = False
+        consumer._next_claim = 0
+        await asyncio.sleep(0.25)  # idle long enough to be claimed again (claim_idle_ms of the test settings)
+        await drain(consumer)
+    finally:
+        eventlog.detach_local(local_stream)
+    assert [e.aor for e in delivered] == ["u0@example.com", "u1@example.com", "u2@example.com"]
+    assert await redis.xlen(local_stream) == 0 and await redis.xlen(names.registrations) == 3

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
-import aiohttp
 import aiomysql
 import pytest
 from aiohttp import web
@@ -40,6 +39,7 @@ from processors.registrar.lookup_cache import LookupAbandoned, TtlCache
 from processors.registrar.nonce import NonceSigner
 from runtime.errors import StoreUnavailable
 from runtime.handling import Delivery, Outcome
+from runtime.webclient import HttpClient
 from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
 
 ENCRYPTION_SECRET = "test-encryption-secret"
@@ -435,9 +435,9 @@ async def auth_hook() -> AsyncIterator[tuple[str, list[dict[str, object]]]]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+async def http() -> AsyncIterator[HttpClient]:
+    async with HttpClient() as client:
+        yield client
 
 
 @pytest.fixture
@@ -531,7 +531,7 @@ def reply_of(outcome: Outcome | BaseException, names: StreamNames) -> ReplyIssue
 
 
 def registrar(
-    pool: aiomysql.Pool, redis: object, http: aiohttp.ClientSession, names: StreamNames, hosting: bool = False
+    pool: aiomysql.Pool, redis: object, http: HttpClient, names: StreamNames, hosting: bool = False
 ) -> Registrar:
     config = RegistrarConfig(encryption_secret=ENCRYPTION_SECRET, hosting=hosting, streams=names)
     return Registrar(config, redis, pool, http, clock=lambda: T0)  # type: ignore[arg-type]
@@ -542,7 +542,7 @@ async def test_shell_decides_a_batch_with_one_mget(
     pool: aiomysql.Pool,
     execute: Execute,
     redis: Redis,
-    http: aiohttp.ClientSession,
+    http: HttpClient,
     names: StreamNames,
     auth_hook: tuple[str, list[dict[str, object]]],
     realm: str,
@@ -600,7 +600,7 @@ async def test_shell_client_table_auth(
     pool: aiomysql.Pool,
     execute: Execute,
     redis: Redis,
-    http: aiohttp.ClientSession,
+    http: HttpClient,
     names: StreamNames,
     realm: str,
 ) -> None:
@@ -627,7 +627,7 @@ async def test_shell_hosted_device_count(
     pool: aiomysql.Pool,
     execute: Execute,
     redis: Redis,
-    http: aiohttp.ClientSession,
+    http: HttpClient,
     names: StreamNames,
     auth_hook: tuple[str, list[dict[str, object]]],
     realm: str,
@@ -660,7 +660,7 @@ async def test_shell_hosted_device_count(
 
 async def test_shell_batch_read_failure_fails_the_registers_only(
     pool: aiomysql.Pool,
-    http: aiohttp.ClientSession,
+    http: HttpClient,
     names: StreamNames,
     realm: str,
 ) -> None:

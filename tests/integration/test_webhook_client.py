@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -23,6 +22,7 @@ from processors.registrar.decide import Decision, RegistrarPolicy, decide
 from processors.registrar.facts import Account, Facts, RegistrationHook, WebhookFailure, WebhookVerdict
 from processors.registrar.nonce import NonceSigner
 from processors.registrar.webhook import WebhookCall, call_webhook, webhook_payload
+from runtime.webclient import HttpClient
 
 SECRET = "foobar"  # accounts.webhook_secret
 NOW_S = 1_700_000_000
@@ -110,8 +110,8 @@ async def hook() -> AsyncIterator[Hook]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
+async def session() -> AsyncIterator[HttpClient]:
+    async with HttpClient() as client:
         yield client
 
 
@@ -151,7 +151,7 @@ def register_request(expires: int = 3600) -> RegisterReceived:
 
 
 async def call(
-    session: aiohttp.ClientSession,
+    session: HttpClient,
     url: str,
     method: str = "POST",
     *,
@@ -189,7 +189,7 @@ def sip_answer(url: str, verdict: WebhookVerdict) -> Decision:
     return step
 
 
-async def test_post_sends_signed_json_with_headers(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_post_sends_signed_json_with_headers(hook: Hook, session: HttpClient) -> None:
     verdict = await call(session, f"{hook.base}/ok")
     assert verdict.http_status == 200 and verdict.failure is None
     assert verdict.body == {"status": "ok", "expires": 45, "call_hook": "https://x/call"}
@@ -220,7 +220,7 @@ async def test_post_sends_signed_json_with_headers(hook: Hook, session: aiohttp.
     assert answer.status == 200 and answer.reply.headers[1] == ("Expires", "30")
 
 
-async def test_get_sends_the_payload_in_the_query_without_headers(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_get_sends_the_payload_in_the_query_without_headers(hook: Hook, session: HttpClient) -> None:
     verdict = await call(session, f"{hook.base}/ok", method="GET")
     assert verdict.http_status == 200
     (seen,) = hook.seen
@@ -245,30 +245,30 @@ def test_headers_only_for_a_hook_method_of_exactly_post() -> None:
     assert "headers" not in webhook_payload(register_request(), "post")
 
 
-async def test_get_appends_to_an_existing_query(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_get_appends_to_an_existing_query(hook: Hook, session: HttpClient) -> None:
     await call(session, f"{hook.base}/ok?tenant=a", method="GET")
     assert hook.seen[0].query["tenant"] == "a" and hook.seen[0].query["username"] == "john"
 
 
-async def test_unregister_sends_expires_zero(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_unregister_sends_expires_zero(hook: Hook, session: HttpClient) -> None:
     await call(session, f"{hook.base}/ok", request=register_request(expires=0))
     assert b'"expires":0' in hook.seen[0].body
 
 
-async def test_basic_auth_only_with_both_credentials(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_basic_auth_only_with_both_credentials(hook: Hook, session: HttpClient) -> None:
     await call(session, f"{hook.base}/ok", password=None)
     assert "Authorization" not in hook.seen[0].headers
     assert hook.seen[0].signature_ok
 
 
-async def test_fail_maps_to_403_invalid_credentials(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_fail_maps_to_403_invalid_credentials(hook: Hook, session: HttpClient) -> None:
     verdict = await call(session, f"{hook.base}/fail")
     assert verdict.http_status == 200 and verdict.body == {"status": "fail", "msg": "invalid password"}
     answer = sip_answer(hook.base, verdict)
     assert (answer.status, answer.reply.headers) == (403, [("X-Reason", "Invalid credentials")])
 
 
-async def test_blacklist_maps_to_403_spammer_with_merged_headers(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_blacklist_maps_to_403_spammer_with_merged_headers(hook: Hook, session: HttpClient) -> None:
     verdict = await call(session, f"{hook.base}/blacklist")
     answer = sip_answer(hook.base, verdict)
     assert answer.status == 403
@@ -278,7 +278,7 @@ async def test_blacklist_maps_to_403_spammer_with_merged_headers(hook: Hook, ses
     ]
 
 
-async def test_404_is_relayed_with_an_alert(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_404_is_relayed_with_an_alert(hook: Hook, session: HttpClient) -> None:
     verdict = await call(session, f"{hook.base}/404")
     assert verdict == WebhookVerdict(http_status=404, elapsed_ms=verdict.elapsed_ms)
     answer = sip_answer(hook.base, verdict)
@@ -288,14 +288,14 @@ async def test_404_is_relayed_with_an_alert(hook: Hook, session: aiohttp.ClientS
     assert isinstance(rejected, RegisterRejected)
 
 
-async def test_non_json_is_500_without_alert(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_non_json_is_500_without_alert(hook: Hook, session: HttpClient) -> None:
     verdict = await call(session, f"{hook.base}/notjson")
     assert (verdict.http_status, verdict.failure) == (200, WebhookFailure.NOT_JSON)
     answer = sip_answer(hook.base, verdict)
     assert answer.status == 500 and [type(f) for f in answer.facts] == [RegisterRejected]
 
 
-async def test_slow_webhook_hits_the_deadline(hook: Hook, session: aiohttp.ClientSession) -> None:
+async def test_slow_webhook_hits_the_deadline(hook: Hook, session: HttpClient) -> None:
     verdict = await call(session, f"{hook.base}/slow", timeout_s=0.05)
     assert verdict.failure is WebhookFailure.TIMEOUT
     assert len(hook.seen) == 1  # the request did reach the server
@@ -305,7 +305,7 @@ async def test_slow_webhook_hits_the_deadline(hook: Hook, session: aiohttp.Clien
     assert isinstance(failed, WebhookFailed) and failed.status is None
 
 
-async def test_connection_refused_is_unreachable(session: aiohttp.ClientSession) -> None:
+async def test_connection_refused_is_unreachable(session: HttpClient) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -316,17 +316,17 @@ async def test_connection_refused_is_unreachable(session: aiohttp.ClientSession)
 
 
 @pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1/x", "http://"])
-async def test_unusable_url_is_unreachable(session: aiohttp.ClientSession, url: str) -> None:
+async def test_unusable_url_is_unreachable(session: HttpClient, url: str) -> None:
     verdict = await call(session, url)
     assert verdict.failure is WebhookFailure.UNREACHABLE
 
 
 async def test_logs_hold_no_credentials(
-    hook: Hook, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    hook: Hook, session: HttpClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="processors.registrar")
     url = hook.base.replace("http://", "http://foo:hunter2@") + "/404?token=s3cret"
-    verdict = await call(session, url, password=None)  # aiohttp refuses URL credentials plus a Basic header
+    verdict = await call(session, url, password=None)
     assert verdict.http_status == 404
     text = caplog.text
     assert "status=404" in text and "/auth/404" in text
