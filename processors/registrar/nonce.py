@@ -15,6 +15,8 @@ import enum
 import hashlib
 import hmac
 
+from processors.registrar.sha256mac import Sha256Mac
+
 _KEY_LABEL = b"sbc-sidecar digest nonce v1"
 _TIME_DIGITS = 10
 _MAC_HEX = 16
@@ -32,7 +34,7 @@ class NonceCheck(enum.Enum):
 class NonceSigner:
     """Issues and verifies nonces for a realm. Pure: the caller passes the time."""
 
-    __slots__ = ("_key", "_ttl_s")
+    __slots__ = ("_mac_of", "_ttl_s")
 
     def __init__(self, secret: str, ttl_s: int = 300) -> None:
         if not secret:
@@ -41,7 +43,7 @@ class NonceSigner:
             raise ValueError("the nonce TTL must be positive")
         # A key of its own, derived from the secret, so nonces never reveal anything about
         # the AES key that protects `clients.password`.
-        self._key = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
+        self._mac_of = Sha256Mac(hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest())
         self._ttl_s = ttl_s
 
     def __repr__(self) -> str:
@@ -69,5 +71,4 @@ class NonceSigner:
         return NonceCheck.OK
 
     def _mac(self, issued: str, realm: str) -> str:
-        message = f"{issued}:{realm}".encode()
-        return hmac.digest(self._key, message, "sha256").hex()[:_MAC_HEX]  # one-shot C path
+        return self._mac_of.hexdigest(f"{issued}:{realm}".encode())[:_MAC_HEX]

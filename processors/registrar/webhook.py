@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ import yarl
 
 from events import RegisterReceived
 from processors.registrar.facts import RegistrationHook, WebhookFailure, WebhookVerdict
+from processors.registrar.sha256mac import mac_for
 from runtime.webclient import HttpClient, HttpError
 
 log = logging.getLogger(__name__)
@@ -89,8 +88,8 @@ def webhook_payload(request: RegisterReceived, hook_method: str) -> Payload:
 
 def signature(secret: str, timestamp_s: int, signed_body: bytes) -> str:
     """`t=<unix s>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`."""
-    mac = hmac.new(secret.encode(), f"{timestamp_s}.".encode() + signed_body, hashlib.sha256)
-    return f"t={timestamp_s},v1={mac.hexdigest()}"
+    mac = mac_for(secret).hexdigest(f"{timestamp_s}.".encode() + signed_body)
+    return f"t={timestamp_s},v1={mac}"
 
 
 def query_string(payload: Payload) -> str:
