@@ -176,6 +176,8 @@ class BenchRun:
         meter = CpuMeter()
         for child in service.children:
             meter.add("service", child.pid)
+            if len(service.children) > 1:  # split: each process too, to see how the work spreads
+                meter.add(f"service/{child.name}", child.pid)
         if stage.redis_pid is not None:
             meter.add("redis", stage.redis_pid)
         meter.add("webhook", stage.webhook_pid)
