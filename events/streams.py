@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Consumer groups. The processors role reads `requests` with one group (registrar and heartbeat
 # behind one consumer); the projections role reads `registrations` and `requests` with another
@@ -33,10 +33,10 @@ class StreamNames:
 
     cluster_id: str = "default"
     partition: int = 0
+    prefix: str = field(init=False, repr=False, compare=False)  # "<cluster>:sidecar:{p}", made once
 
-    @property
-    def prefix(self) -> str:
-        return f"{self.cluster_id}:sidecar:{{{self.partition}}}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", f"{self.cluster_id}:sidecar:{{{self.partition}}}")
 
     @property
     def requests(self) -> str:

@@ -12,7 +12,6 @@ from events import DigestCredentials, OptionsReceived, RegisterReceived, stamp
 from ingest.fronts.front import TransportFacts
 from ingest.sip import SipParseError, SipRequest
 from ingest.sip.digest import parse_digest_credentials_jambonz
-from ingest.sip.message import header_key
 from ingest.sip.uri import parse_uri
 
 # Headers never copied onto a stream: they carry credentials.
@@ -54,8 +53,7 @@ def _authorization(request: SipRequest) -> DigestCredentials | None:
 
 def _safe_headers(request: SipRequest) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for name, value in request.headers:
-        key = header_key(name)  # compact forms spelled out: "v" -> "via"
+    for key, _, value in request.headers.fields():  # keys have compact forms spelled out: "v" -> "via"
         if key in SECRET_HEADERS:
             continue
         headers[key] = f"{headers[key]}, {value}" if key in headers else value

@@ -88,6 +88,9 @@ def cached_binding_aor(request: RegisterReceived) -> str | None:
     return Situation(request, 0, None).aor
 
 
+_MAX_STEPS = len(Need) + 1  # each Need is asked at most once, then a Decision
+
+
 class Registrar:
     """Decides REGISTER requests (SPEC 2); see the module docstring."""
 
@@ -128,7 +131,15 @@ class Registrar:
             for i, _ in registers:
                 results[i] = exc
             return results
-        decided = await asyncio.gather(*(self._handle_one(d, bindings) for _, d in registers), return_exceptions=True)
+        if len(registers) == 1:  # the usual batch at moderate load: no task needed
+            try:
+                decided: list[Outcome | BaseException] = [await self._handle_one(registers[0][1], bindings)]
+            except Exception as exc:  # noqa: BLE001 - as gather(return_exceptions=True) would
+                decided = [exc]
+        else:
+            decided = await asyncio.gather(
+                *(self._handle_one(d, bindings) for _, d in registers), return_exceptions=True
+            )
         for (i, _), result in zip(registers, decided, strict=True):
             if isinstance(result, asyncio.CancelledError):
                 raise result
@@ -152,7 +163,7 @@ class Registrar:
         assert isinstance(request, RegisterReceived)
         aor = cached_binding_aor(request)
         facts = Facts(binding=parse_stored_binding(bindings.get(aor)) if aor else None)
-        for _ in range(len(Need) + 1):
+        for _ in range(_MAX_STEPS):
             now_ms = int(self._clock() * 1000)
             step = decide(request, facts, self._policy, now_ms=now_ms, causation_id=delivery.entry_id)
             if isinstance(step, Decision):
