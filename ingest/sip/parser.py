@@ -91,19 +91,35 @@ def _parse_header_lines(lines: list[str], max_headers: int) -> list[tuple[str, s
             if more:
                 fields[-1] = (key, name, f"{value} {more}" if value else more)
             continue
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise SipParseError("header line without ':'")
-        name = name.rstrip(" \t")
-        if not name or not TOKEN_CHARS.issuperset(name):
-            raise SipParseError("bad header name")
-        key = name.lower()
-        if len(key) == 1:
-            key = COMPACT_FORMS.get(key, key)
-        append((key, name, value.strip(" \t")))
+        raw_name, colon, value = line.partition(":")
+        known = _NAMES.get(raw_name)
+        if known is None:
+            if not colon:
+                raise SipParseError("header line without ':'")
+            known = _header_name(raw_name)
+        append((known[0], known[1], value.strip(" \t")))
     if len(fields) > max_headers:
         raise SipParseError(f"more than {max_headers} headers")
     return fields
+
+
+# Header names as they appear before the colon -> (lookup key, name). Peers send the same few spellings
+# over and over, so each is checked and lower-cased once; the memo stops growing at _NAMES_MAX.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAMES_MAX = 4096
+
+
+def _header_name(raw_name: str) -> tuple[str, str]:
+    name = raw_name.rstrip(" \t")
+    if not name or not TOKEN_CHARS.issuperset(name):
+        raise SipParseError("bad header name")
+    key = name.lower()
+    if len(key) == 1:
+        key = COMPACT_FORMS.get(key, key)
+    known = (key, name)
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[raw_name] = known
+    return known
 
 
 def _body(data: bytes, body_start: int, fields: list[tuple[str, str, str]]) -> bytes:
