@@ -24,7 +24,7 @@ from typing import Any
 
 import uvloop
 
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, calibrate, cpu_model
 from bench.infrastructure import REPO, BenchDatabase, BenchRedis, Servers, Tenant, free_port
 from bench.ladder import Ladder, StepResult
 from bench.processes import ProcessGroup
@@ -108,6 +108,7 @@ class BenchRun:
         self.layout = Layout(split=args.split, processors=args.processors, ingests=args.ingests, command=args.sidecar)
         self.profiles: dict[str, object] = {}
         self.idle_cpu: dict[str, float] = {}
+        self.calibration: dict[str, float] = {}
 
     def plan(self) -> dict[str, tuple[Sequence[int], float]]:
         if self.args.smoke:
@@ -116,6 +117,7 @@ class BenchRun:
         return {"register": (self.args.register_rates, duration), "options": (self.args.options_rates, duration)}
 
     async def run(self) -> int:
+        self.calibration = {f"start_{k}": v for k, v in calibrate().items()}
         servers = Servers()
         await servers.ensure()
         try:
@@ -144,6 +146,8 @@ class BenchRun:
                 )
                 results = await self._climb(stage)
                 memory = await redis.used_memory_bytes()
+            self.calibration.update({f"end_{k}": v for k, v in calibrate().items()})
+            say(f"[bench] machine speed, a fixed workload before and after (lower is faster): {self.calibration}")
         finally:
             await redis.clean()
             await redis.close()
@@ -239,6 +243,8 @@ class BenchRun:
             "git": git_commit(),
             "machine": {
                 "cpus": os.cpu_count(),
+                "cpu_model": cpu_model(),
+                "calibration": self.calibration,
                 "python": platform.python_version(),
                 "loadavg": os.getloadavg(),
                 "redis_used_memory_bytes": redis_memory_bytes,

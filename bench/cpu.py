@@ -107,3 +107,40 @@ def udp_socket_drops(port: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def calibrate(rounds: int = 5) -> dict[str, float]:
+    """Milliseconds a fixed pure-Python workload takes here (best of `rounds`), the same on every run.
+
+    The bench machine's speed varies from day to day (a shared host): compare this number between two
+    result files before comparing their rates.
+    """
+    import json
+    import time
+
+    document = {"user": "u000001", "realm": "bench.local", "headers": {f"h{i}": "x" * 40 for i in range(20)}}
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i
+        loop_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        for _ in range(2_000):
+            json.loads(json.dumps(document))
+        json_ms = (time.perf_counter() - started) * 1000
+        best["loop_ms"] = min(best.get("loop_ms", loop_ms), loop_ms)
+        best["json_ms"] = min(best.get("json_ms", json_ms), json_ms)
+    return {name: round(value, 2) for name, value in best.items()}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown"
