@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.fronts.front import OutboundRequest
 from ingest.sip import SipParseError, SipRequest, SipResponse, parse_message
 from ingest.sip.framing import StreamFramer
+from ingest.sip.tags import random_hex
 from ingest.sip.uri import parse_uri
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class ClientTransactions:
         self._provisional: set[str] = set()
 
     def build(self, request: OutboundRequest, destination: Destination) -> tuple[SipRequest, str]:
-        branch = f"z9hG4bK{os.urandom(8).hex()}"
+        branch = f"z9hG4bK{random_hex(8)}"
         host, port = self._local_host(destination.transport), self._local_port(destination.transport)
         sent_by = f"[{host}]" if ":" in host else host
         message = SipRequest(request.method.upper(), request.request_uri)
@@ -79,12 +79,12 @@ class ClientTransactions:
         for name, value in request.headers:
             headers.add(name, value)
         if "call-id" not in given:
-            headers.add("Call-ID", os.urandom(12).hex())
+            headers.add("Call-ID", random_hex(12))
         if "cseq" not in given:
             headers.add("CSeq", f"1 {request.method.upper()}")
         from_value = headers.get("from")
         if from_value is not None and ";tag=" not in from_value:
-            headers.set("From", f"{from_value};tag={os.urandom(5).hex()}")
+            headers.set("From", f"{from_value};tag={random_hex(5)}")
         message.body = request.body
         return message, branch
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from ingest.fronts.front import RequestHandler, TransportFacts
 from ingest.fronts.native.transactions import ServerTransaction, TransactionTable
 from ingest.sip import SipParseError, SipRequest, SipResponse, make_response, parse_message
+from ingest.sip.tags import random_hex
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class NativeIncoming:
         self._send = send
         self._transaction = transaction
         self._table = table
-        self._to_tag = os.urandom(5).hex()
+        self._to_tag = random_hex(5)
         self._stats = stats
         self.answered = False
 
