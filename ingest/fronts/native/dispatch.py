@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,10 +46,13 @@ def _facts(source: tuple[str, int], transport: str) -> TransportFacts:
     return TransportFacts(source[0], source[1], transport, "")
 
 
+_TAG_KEY = os.urandom(16)  # keys the To tags of stateless answers (one process answers a request's retransmissions)
+
+
 class NativeIncoming:
     """A request held by the native front; `respond` sends the final answer once."""
 
-    __slots__ = ("message", "facts", "_send", "_transaction", "_table", "_to_tag", "_stats", "answered")
+    __slots__ = ("message", "facts", "_send", "_transaction", "_table", "_stats", "answered")
 
     def __init__(
         self,
@@ -63,9 +68,29 @@ class NativeIncoming:
         self._send = send
         self._transaction = transaction
         self._table = table
-        self._to_tag = random_hex(5)
         self._stats = stats
         self.answered = False
+
+    def attach(self, transaction: ServerTransaction, table: TransactionTable) -> None:
+        """From now on the answer is kept for retransmissions (a stateful answer)."""
+        self._transaction = transaction
+        self._table = table
+
+    def _tag(self) -> str:
+        if self._transaction is not None:
+            return random_hex(5)
+        # Answered without a transaction (RFC 3261 8.2.7, stateless UAS): a retransmission of the same
+        # request must get the same To tag, so the tag is a keyed hash of the request's identity.
+        headers = self.message.headers
+        identity = "|".join(
+            (
+                headers.get("via") or "",
+                headers.get("call-id") or "",
+                headers.get("from") or "",
+                headers.get("cseq") or "",
+            )
+        )
+        return hashlib.blake2s(identity.encode(errors="surrogateescape"), key=_TAG_KEY, digest_size=5).hexdigest()
 
     async def respond(
         self, status: int, reason: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
@@ -77,7 +102,7 @@ class NativeIncoming:
         if self.answered:
             return
         try:
-            response = make_response(self.message, status, reason, headers, to_tag=self._to_tag)
+            response = make_response(self.message, status, reason, headers, to_tag=self._tag())
         except (SipParseError, ValueError) as exc:
             self.answered = True
             log.warning("no answer can be formed status=%s error=%s", status, exc)
@@ -172,7 +197,14 @@ class Dispatcher:
             return
         if message.method == "ACK":
             return  # no response, no transaction; nothing we answer with a 2xx dialog
-        transaction: ServerTransaction | None = None
+        incoming = NativeIncoming(message, facts, send, None, None, self.stats)
+        if not self._draining and self.handler is not None:
+            answer_now = getattr(self.handler, "answer_now", None)
+            if answer_now is not None and answer_now(incoming):
+                # Answered in place without a transaction (keep-alive OPTIONS, 405): the answer depends on
+                # nothing but the request, so a retransmission simply gets it again, and nothing is kept
+                # for Timer J (at 20,000 OPTIONS/s that would be 640,000 answers held for 32 s).
+                return
         if table is not None:
             transaction, new = table.begin(self._transaction_key(message, via))
             if not new:
@@ -182,14 +214,11 @@ class Dispatcher:
                 else:
                     self.stats.retransmissions_absorbed += 1
                 return
-        incoming = NativeIncoming(message, facts, send, transaction, table, self.stats)
+            incoming.attach(transaction, table)
         if self._draining or self.handler is None:
             self.stats.rejected_draining += 1
             incoming.respond_now(503, "Service Unavailable")
             return
-        answer_now = getattr(self.handler, "answer_now", None)
-        if answer_now is not None and answer_now(incoming):
-            return  # answered in place (keep-alive OPTIONS, 405): no task needed
         self._spawn(self._handle(incoming))
 
     @staticmethod
