@@ -40,6 +40,7 @@ class StepResult:
     webhook_counts: dict[str, int] = field(default_factory=dict)
     udp_errors: dict[str, int] = field(default_factory=dict)
     redis_calls: dict[str, int] = field(default_factory=dict)
+    service_rss_mb: float | None = None  # resident memory of the service processes at the end of the step
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -82,6 +83,7 @@ class StepResult:
             "webhook": self.webhook_counts,
             "udp_errors": self.udp_errors,
             "redis_calls_per_op": self.redis_calls_per_op(),
+            "service_rss_mb": self.service_rss_mb,
         }
 
     def redis_calls_per_op(self) -> dict[str, float]:
@@ -188,6 +190,7 @@ class Ladder:
             webhook_counts=_minus(hook_after, hook_before),
             udp_errors={k: v - udp_before.get(k, 0) for k, v in udp_after.items()},
             redis_calls=_minus(calls_after, calls_before),
+            service_rss_mb=_rss_mb([child.pid for child in self.service.children]),
         )
         step.reasons = judge(step, self.service)
         return step
@@ -230,3 +233,18 @@ class Ladder:
             spent = sum(process_cpu_s(pid) or 0.0 for pid in pids) - before
             if spent < SETTLE_IDLE_FRACTION * SETTLE_WINDOW_S * len(pids):
                 return
+
+
+def _rss_mb(pids: Sequence[int]) -> float | None:
+    """Sum of VmRSS of live processes, in MiB."""
+    total_kb = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            return None
+    return round(total_kb / 1024, 1)

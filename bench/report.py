@@ -83,7 +83,7 @@ def step_line(step: StepResult) -> str:
         f"{cpu['redis']} webhook {cpu['webhook']} all {cpu['system']}  redis calls/op "
         f"{step.redis_calls_per_op().get('all')}  udp drops at the service "
         f"{step.udp_errors.get('service_socket_drops', '?')} (machine {step.udp_errors.get('RcvbufErrors', 0)})"
-        f"  {verdict}"
+        f"  rss {step.service_rss_mb} MiB  {verdict}"
     )
 
 
