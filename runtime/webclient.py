@@ -253,19 +253,27 @@ class HttpClient:
         body: bytes | None = None,
         max_body: int = MAX_BODY_BYTES,
     ) -> HttpResponse:
-        """One call, redirects followed (301/302 turn a POST into a GET, 303 anything; 307/308 keep it)."""
+        """One call, redirects followed (301/302 turn a POST into a GET, 303 anything; 307/308 keep it).
+
+        As fetch does, a redirect to another origin drops the Authorization header: the webhook's
+        Basic credentials are for the server they were configured for.
+        """
         method = method.upper()
+        headers = dict(headers or {})
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._exchange(method, url, headers or {}, body, max_body)
+            response = await self._exchange(method, url, headers, body, max_body)
             location = response.headers.get("location")
             if response.status not in REDIRECTS or not location:
                 return response
+            origin = self._target(url).origin
             url = urljoin(url, location)
+            if self._target(url).origin != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 if method != "HEAD":
                     method = "GET"
                 body = None
-                headers = {k: v for k, v in (headers or {}).items() if k.lower() != "content-type"}
+                headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
         raise HttpError(f"more than {MAX_REDIRECTS} redirects")
 
     def _target(self, url: str) -> _Target:

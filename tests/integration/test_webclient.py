@@ -262,3 +262,31 @@ async def test_a_cancelled_call_does_not_poison_the_pool(client: HttpClient) -> 
         assert (await client.request("GET", base + "/fast")).body == b"fast"  # never the late answer
     finally:
         await runner.cleanup()
+
+
+async def test_a_redirect_to_another_origin_drops_the_credentials(client: HttpClient) -> None:
+    seen: dict[str, str | None] = {}
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen["elsewhere"] = request.headers.get("Authorization")
+        return web.Response(text="ok")
+
+    other, other_base = await serve({"/landing": elsewhere})
+
+    async def same(request: web.Request) -> web.Response:
+        seen["same"] = request.headers.get("Authorization")
+        raise web.HTTPTemporaryRedirect(location=f"{other_base}/landing")
+
+    async def start(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(location="/same")
+
+    runner, base = await serve({"/start": start, "/same": same})
+    try:
+        response = await client.request(
+            "POST", f"{base}/start", headers={"Authorization": "Basic c2VjcmV0"}, body=b"{}"
+        )
+    finally:
+        await runner.cleanup()
+        await other.cleanup()
+    assert response.body == b"ok"
+    assert seen == {"same": "Basic c2VjcmV0", "elsewhere": None}  # kept on the same origin, dropped on the other
