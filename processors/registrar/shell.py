@@ -236,10 +236,13 @@ class Registrar:
 
     @staticmethod
     def _log_decision(request: RegisterReceived, decision: Decision) -> None:
-        kinds = ",".join(type(fact).TYPE for fact in decision.facts)
         routine = all(isinstance(f, RegisterChallenged | RegistrationRefreshed) for f in decision.facts)
+        level = logging.DEBUG if routine else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        kinds = ",".join(type(fact).TYPE for fact in decision.facts)
         log.log(
-            logging.DEBUG if routine else logging.INFO,
+            level,
             "register decided status=%s facts=%s to=%s@%s source=%s:%s transport=%s call_id=%s",
             decision.status,
             kinds,
