@@ -61,6 +61,8 @@ def test_missing_required_variable_is_named(env: dict[str, str], missing: str) -
         ("SIDECAR_WEBHOOK_TIMEOUT_S", "soon"),
         ("JAMBONES_LOGLEVEL", "chatty"),
         ("SIDECAR_SIP_FRONT", "kamailio"),
+        ("SIDECAR_PROJECTION_LINGER_MS", "-1"),
+        ("SIDECAR_PROJECTION_LINGER_MS", "a while"),
     ],
 )
 def test_bad_value_is_named(name: str, value: str) -> None:
@@ -150,3 +152,8 @@ def test_cli_exits_2_naming_the_variable(missing: str) -> None:
                             text=True, timeout=60)
     assert result.returncode == 2
     assert missing in result.stderr
+
+
+def test_projection_linger_defaults_to_20_ms_and_may_be_off() -> None:
+    assert Settings.from_env(BASE).eventlog.projection_linger_ms == 20
+    assert Settings.from_env({**BASE, "SIDECAR_PROJECTION_LINGER_MS": "0"}).eventlog.projection_linger_ms == 0
