@@ -18,6 +18,7 @@ from runtime.services import Services, Worker
 log = logging.getLogger(__name__)
 
 ALLOWED_METHODS = "REGISTER, OPTIONS"
+RETRY_AFTER_S = 5  # what a shed request is told (Retry-After), so phones come back spread over seconds
 Answer = tuple[int, str, Sequence[tuple[str, str]]]
 
 
@@ -30,6 +31,7 @@ class IngestStats:
     not_allowed: int = 0
     decision_timeouts: int = 0
     store_failures: int = 0
+    shed: int = 0  # answered 503 because too many requests of this ingest were waiting for a decision
 
 
 class Ingest:
@@ -42,12 +44,14 @@ class Ingest:
         requests_stream: str,
         reply_to: str,
         reply_timeout_s: float,
+        max_pending: int = 0,
     ) -> None:
         self.appender = appender
         self.replies = replies
         self.requests_stream = requests_stream
         self.reply_to = reply_to
         self.reply_timeout_s = reply_timeout_s
+        self.max_pending = max_pending  # 0: no bound
         self.stats = IngestStats()
 
     def _at_once(self, message: SipRequest) -> Answer | bool:
@@ -83,6 +87,20 @@ class Ingest:
             await request.respond(*answer)
             return
         if answer:
+            return
+        if self.max_pending and self.replies.waiting >= self.max_pending:
+            # A storm above what the processors decide per second: answer the excess at once rather than
+            # queue it (a queue seconds long makes every phone retransmit, which only adds work). Nothing
+            # was recorded or decided; the phone registers again after Retry-After.
+            self.stats.shed += 1
+            if self.stats.shed % 1000 == 1:  # the first, then one line per thousand
+                log.warning(
+                    "overloaded: answering 503 pending=%d max_pending=%d shed=%d",
+                    self.replies.waiting,
+                    self.max_pending,
+                    self.stats.shed,
+                )
+            await request.respond(503, "Service Unavailable", [("Retry-After", str(RETRY_AFTER_S))])
             return
         if message.method.upper() == "OPTIONS":
             self.stats.heartbeats += 1
@@ -152,7 +170,12 @@ class IngestWorker:
         )
         self.appender = Appender(services.eventlog)
         self.ingest = Ingest(
-            self.appender, self.replies, services.names.requests, settings.ingest_id, settings.reply_timeout_s
+            self.appender,
+            self.replies,
+            services.names.requests,
+            settings.ingest_id,
+            settings.reply_timeout_s,
+            settings.max_pending,
         )
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()

@@ -407,6 +407,35 @@ async def test_forged_and_expired_nonces_get_a_stale_challenge_and_no_webhook_ca
     assert [e.stale for e in challenged if isinstance(e, RegisterChallenged)] == [False, True, True]
 
 
+async def test_a_storm_beyond_max_pending_is_answered_503_at_once(
+    sidecars: StartSidecar, hooked_realm: str, webhook: AuthWebhook, redis: Redis
+) -> None:
+    """SIDECAR_MAX_PENDING: while one REGISTER waits on a slow webhook, the next is shed with 503 and
+    Retry-After, recorded nowhere; once the queue drains, REGISTERs are decided again."""
+    realm = hooked_realm
+    sidecar = await sidecars(env={"SIDECAR_MAX_PENDING": "1"})
+    webhook.delay_s = 1.0
+    slow = asyncio.create_task(register_from_new_socket(sidecar.udp_port, "john", "1234", realm))
+    for _ in range(100):  # until john's authenticated REGISTER is waiting on the webhook
+        if webhook.seen:
+            break
+        await asyncio.sleep(0.02)
+    requests_before = await redis.xlen(sidecar.names.requests)
+    uac = await UdpUac.open()
+    try:
+        shed = await uac.transact(
+            sidecar.udp_port, register_request(uac, "jane", realm, call_id="storm-1", cseq=1, expires=3600)
+        )
+    finally:
+        uac.close()
+    assert (shed.status, shed.header("Retry-After")) == (503, "5")
+    assert await redis.xlen(sidecar.names.requests) == requests_before  # nothing recorded for the shed one
+    assert [a.status for a in (await slow).answers] == [401, 200]
+    webhook.delay_s = 0.0
+    flow = await register_from_new_socket(sidecar.udp_port, "jane", "5678", realm)
+    assert [a.status for a in flow.answers] == [401, 200]
+
+
 async def test_replies_cross_processes_by_stream_and_stay_in_process_otherwise(
     sidecars: StartSidecar, hooked_realm: str, redis: Redis
 ) -> None:
@@ -600,6 +629,11 @@ async def test_a_registrar_crash_loses_and_doubles_no_register(
     flows = asyncio.gather(*(staggered(n) for n in range(MANY_USERS)))
 
     async def doomed_holds_work() -> bool:
+        # Held across 100 ms: a batch waiting on the webhook (0.25 s), not a batch of first REGISTERs that
+        # commits within milliseconds (crashing after that commit would leave nothing to take over).
+        if (await registrar_consumers(redis, names)).get(doomed_consumer, 0) == 0:
+            return False
+        await asyncio.sleep(0.1)
         return (await registrar_consumers(redis, names)).get(doomed_consumer, 0) > 0
 
     await until(doomed_holds_work, "REGISTERs in flight in the doomed registrar")
@@ -607,6 +641,7 @@ async def test_a_registrar_crash_loses_and_doubles_no_register(
     doomed.task.cancel()  # a crash: nothing of the batch in hand is committed
     with pytest.raises(asyncio.CancelledError):
         await doomed.task
+    assert (await registrar_consumers(redis, names)).get(doomed_consumer, 0) > 0, "the crash left work to take over"
     done = await flows
 
     for flow in done:

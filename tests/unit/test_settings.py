@@ -62,6 +62,7 @@ def test_missing_required_variable_is_named(env: dict[str, str], missing: str) -
         ("JAMBONES_LOGLEVEL", "chatty"),
         ("SIDECAR_SIP_FRONT", "kamailio"),
         ("SIDECAR_PROJECTION_LINGER_MS", "-1"),
+        ("SIDECAR_MAX_PENDING", "lots"),
         ("SIDECAR_PROJECTION_LINGER_MS", "a while"),
     ],
 )
