@@ -142,7 +142,7 @@ class Settings:
     webhook_timeout_s: float = 5.0
     nonce_ttl_s: int = 300
     reply_timeout_s: float = 10.0
-    max_pending: int = 2000
+    max_pending: int = 1000
     ingest_id: str = ""
     sbc_public_address_keep_alive_ms: int = 900_000
     dead_sbc_s: int = 3600
@@ -413,7 +413,7 @@ class _Reader:
             webhook_timeout_s=webhook_timeout_s,
             nonce_ttl_s=self.integer("SIDECAR_NONCE_TTL_S", 300, minimum=1),
             reply_timeout_s=self.number("SIDECAR_REPLY_TIMEOUT_S", 10.0, minimum=0.1),
-            max_pending=self.integer("SIDECAR_MAX_PENDING", 2000, minimum=0),
+            max_pending=self.integer("SIDECAR_MAX_PENDING", 1000, minimum=0),
             ingest_id=self.text("SIDECAR_INGEST_ID", f"{socket.gethostname()}-{os.getpid()}"),
             sbc_public_address_keep_alive_ms=self.integer("SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000),
             dead_sbc_s=self.integer("DEAD_SBC_IN_SECOND", 3600),

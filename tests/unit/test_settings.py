@@ -155,6 +155,11 @@ def test_cli_exits_2_naming_the_variable(missing: str) -> None:
     assert missing in result.stderr
 
 
+def test_max_pending_defaults_to_1000_and_may_be_off() -> None:
+    assert Settings.from_env(BASE).max_pending == 1000
+    assert Settings.from_env({**BASE, "SIDECAR_MAX_PENDING": "0"}).max_pending == 0
+
+
 def test_projection_linger_defaults_to_20_ms_and_may_be_off() -> None:
     assert Settings.from_env(BASE).eventlog.projection_linger_ms == 20
     assert Settings.from_env({**BASE, "SIDECAR_PROJECTION_LINGER_MS": "0"}).eventlog.projection_linger_ms == 0
