@@ -88,10 +88,12 @@ class Ingest:
             return
         if answer:
             return
-        if self.max_pending and self.replies.waiting >= self.max_pending:
+        is_register = message.method.upper() == "REGISTER"
+        if is_register and self.max_pending and self.replies.waiting >= self.max_pending:
             # A storm above what the processors decide per second: answer the excess at once rather than
             # queue it (a queue seconds long makes every phone retransmit, which only adds work). Nothing
-            # was recorded or decided; the phone registers again after Retry-After.
+            # was recorded or decided; the phone registers again after Retry-After. Heartbeats are never
+            # shed: a feature server that misses its check-ins would drop out of rotation.
             self.stats.shed += 1
             if self.stats.shed % 1000 == 1:  # the first, then one line per thousand
                 log.warning(
@@ -102,7 +104,7 @@ class Ingest:
                 )
             await request.respond(503, "Service Unavailable", [("Retry-After", str(RETRY_AFTER_S))])
             return
-        if message.method.upper() == "OPTIONS":
+        if not is_register:  # a feature or RTP server's heartbeat OPTIONS (plain ones were answered above)
             self.stats.heartbeats += 1
             await self._decide(request, options_received(message, request.facts, self.reply_to))
             return

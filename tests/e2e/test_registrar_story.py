@@ -411,7 +411,8 @@ async def test_a_storm_beyond_max_pending_is_answered_503_at_once(
     sidecars: StartSidecar, hooked_realm: str, webhook: AuthWebhook, redis: Redis
 ) -> None:
     """SIDECAR_MAX_PENDING: while one REGISTER waits on a slow webhook, the next is shed with 503 and
-    Retry-After, recorded nowhere; once the queue drains, REGISTERs are decided again."""
+    Retry-After, recorded nowhere (a heartbeat still goes through); once the queue drains, REGISTERs are
+    decided again."""
     realm = hooked_realm
     sidecar = await sidecars(env={"SIDECAR_MAX_PENDING": "1"})
     webhook.delay_s = 1.0
@@ -426,10 +427,17 @@ async def test_a_storm_beyond_max_pending_is_answered_503_at_once(
         shed = await uac.transact(
             sidecar.udp_port, register_request(uac, "jane", realm, call_id="storm-1", cseq=1, expires=3600)
         )
+        heartbeat = await uac.transact(
+            sidecar.udp_port,
+            f"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{uac.port};branch=z9hG4bKstorm2;rport\r\n"
+            "From: <sip:fs@127.0.0.1>;tag=s2\r\nTo: <sip:127.0.0.1>\r\nCall-ID: storm-2\r\nCSeq: 1 OPTIONS\r\n"
+            "X-FS-Status: open\r\nContent-Length: 0\r\n\r\n",
+        )
     finally:
         uac.close()
     assert (shed.status, shed.header("Retry-After")) == (503, "5")
-    assert await redis.xlen(sidecar.names.requests) == requests_before  # nothing recorded for the shed one
+    assert heartbeat.status != 503  # a feature server's check-in is never shed
+    assert await redis.xlen(sidecar.names.requests) == requests_before + 1  # the heartbeat; nothing for the shed one
     assert [a.status for a in (await slow).answers] == [401, 200]
     webhook.delay_s = 0.0
     flow = await register_from_new_socket(sidecar.udp_port, "jane", "5678", realm)
