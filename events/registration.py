@@ -49,6 +49,14 @@ class RegisterReceived(Event, frozen=True, kw_only=True):
     headers: dict[str, str] = {}  # every header but Authorization, lower-case names
     user_agent: str | None = None
 
+    @property
+    def aor(self) -> str | None:
+        """`<user>@<host>` of the To-URI, as the decisions about it name it; jambonz writes `undefined@host`
+        when there is no user. None when the To-URI does not parse."""
+        if self.aor_host is None:
+            return None
+        return f"{self.aor_user if self.aor_user is not None else 'undefined'}@{self.aor_host}"
+
 
 class RegisterChallenged(Event, frozen=True, kw_only=True):
     TYPE = "RegisterChallenged"

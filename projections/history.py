@@ -50,11 +50,9 @@ def _source(event: Event) -> str | None:
 
 
 def aor_of(event: Event) -> str | None:
-    if isinstance(event, RegisterReceived):
-        if event.aor_host is None:
-            return None
-        return f"{event.aor_user}@{event.aor_host}"
-    return getattr(event, "aor", None)
+    """The AOR a step belongs to: a request's To-URI, or the AOR its decision named (the same string)."""
+    aor: str | None = getattr(event, "aor", None)
+    return aor
 
 
 def summarize(entry_id: str, event: Event) -> dict[str, object] | None:

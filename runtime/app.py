@@ -78,7 +78,7 @@ async def run(
         mysql = await stack.enter_async_context(open_mysql(settings.mysql)) if needs_mysql else None
         needs_http = "projections" in roles  # the InfluxDB alerts
         http = await stack.enter_async_context(open_http(settings.http_user_agent)) if needs_http else None
-        webhooks = HttpClient(user_agent=settings.http_user_agent) if needs_mysql else None
+        webhooks = HttpClient() if needs_mysql else None  # the webhook request names its User-Agent itself
         if webhooks is not None:
             stack.callback(webhooks.close)
         names = StreamNames(settings.eventlog.cluster_id)

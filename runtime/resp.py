@@ -115,21 +115,25 @@ class RespLink:
     async def _open(self) -> _Protocol:
         s = self.settings
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                _, protocol = await loop.create_connection(_Protocol, s.host, s.port, ssl=s.ssl_context)
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {s.host}:{s.port}: {exc}") from exc
         setup: list[Command] = []
         if s.password:
             setup.append(("AUTH", s.username, s.password) if s.username else ("AUTH", s.password))
         if s.db:
             setup.append(("SELECT", s.db))
-        if setup:
-            replies = await self._send(protocol, setup)
+        protocol: _Protocol | None = None
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):  # connect and set-up, under one deadline
+                _, protocol = await loop.create_connection(_Protocol, s.host, s.port, ssl=s.ssl_context)
+                replies = await self._send(protocol, setup) if setup else []
             for reply in replies:
                 if isinstance(reply, hiredis.ReplyError):
                     raise ResponseError(f"Redis refused the connection set-up: {reply}")
+        except BaseException as exc:
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.close()  # a refused or cut-short set-up must not leave its socket behind
+            if isinstance(exc, OSError | TimeoutError):
+                raise RedisConnectionError(f"cannot connect to Redis at {s.host}:{s.port}: {exc}") from exc
+            raise
         return protocol
 
     @staticmethod

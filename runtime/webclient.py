@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import socket
 import ssl
 import time
 import zlib
@@ -27,6 +26,7 @@ MAX_REDIRECTS = 20
 IDLE_TIMEOUT_S = 15.0
 MAX_IDLE_PER_ORIGIN = 64
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"  # reserved characters and '%': left as they are
 
 
@@ -92,10 +92,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport  # type: ignore[assignment]  # (the loop sets TCP_NODELAY itself)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -180,10 +177,9 @@ class _Connection(asyncio.Protocol):
         body = bytearray()
         while True:
             size_text = (await self.read_line()).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError as exc:
-                raise HttpError("malformed chunk size") from exc
+            if not size_text or not _HEX_DIGITS.issuperset(size_text):  # int() would take "-1", "0x1f", "1_0"
+                raise HttpError("malformed chunk size")
+            size = int(size_text, 16)
             if size == 0:
                 while await self.read_line():  # trailers, up to the empty line
                     pass
@@ -199,6 +195,8 @@ class _Connection(asyncio.Protocol):
             if len(self.buffer) > limit:
                 raise HttpError("response body too large")
             await self.more()
+        if len(self.buffer) > limit:  # what arrived together with the close
+            raise HttpError("response body too large")
         data = bytes(self.buffer)
         self.buffer.clear()
         return data
@@ -344,7 +342,7 @@ class HttpClient:
             return await connection.read_chunked(limit)
         length_text = headers.get("content-length")
         if length_text is not None:
-            if not length_text.isdigit():
+            if not (length_text.isascii() and length_text.isdigit()):  # "²" is a Latin-1 digit, not a length
                 raise HttpError("malformed Content-Length")
             length = int(length_text)
             if length > limit:

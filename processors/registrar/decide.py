@@ -123,11 +123,7 @@ class Situation:
 
     @property
     def aor(self) -> str | None:
-        """`<user>@<host>` of the To-URI; jambonz writes `undefined@host` when there is no user."""
-        if self.request.aor_host is None:
-            return None
-        user = self.request.aor_user if self.request.aor_user is not None else "undefined"
-        return f"{user}@{self.request.aor_host}"
+        return self.request.aor
 
     @property
     def is_unregister(self) -> bool:

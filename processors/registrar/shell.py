@@ -35,7 +35,7 @@ from events import (
 from events.streams import ACTIVE_USER_KEY
 from processors.registrar.accounts import DEFAULT_CACHE_TTL_S, AccountStore
 from processors.registrar.client_password import ClientPasswordCipher
-from processors.registrar.decide import Decision, Need, RegistrarPolicy, Situation, decide
+from processors.registrar.decide import Decision, Need, RegistrarPolicy, decide
 from processors.registrar.facts import NOT_FOUND, Account, Facts, StoreFailure, parse_stored_binding
 from processors.registrar.lookup_cache import TtlCache
 from processors.registrar.nonce import NonceSigner
@@ -85,7 +85,7 @@ def cached_binding_aor(request: RegisterReceived) -> str | None:
     """The AOR whose cached binding the cache short-circuit may read; None if it cannot apply."""
     if not request.expires or request.contact is None or not request.aor_host:
         return None
-    return Situation(request, 0, None).aor
+    return request.aor
 
 
 _MAX_STEPS = len(Need) + 1  # each Need is asked at most once, then a Decision

@@ -203,6 +203,9 @@ async def test_framings(client: HttpClient, answer: bytes, close: bool, body: by
         (b"SIP/2.0 200 OK\r\n\r\n", "not an HTTP/1.x response"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed before the response was complete"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "malformed Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nok", "malformed Content-Length"),  # Latin-1 "²"
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nx\r\n0\r\n\r\n", "malformed chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nok\r\n0\r\n\r\n", "malformed chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
         (b"HTTP/1.1 200 OK\r\nbad header line\r\n\r\n", "malformed response header"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", "too large"),
@@ -290,3 +293,10 @@ async def test_a_redirect_to_another_origin_drops_the_credentials(client: HttpCl
         await other.cleanup()
     assert response.body == b"ok"
     assert seen == {"same": "Basic c2VjcmV0", "elsewhere": None}  # kept on the same origin, dropped on the other
+
+
+async def test_a_close_delimited_body_over_the_limit_is_refused(client: HttpClient) -> None:
+    server, url = await raw_server(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 64, close=True)
+    async with server:
+        with pytest.raises(HttpError, match="too large"):
+            await client.request("GET", url, max_body=16)

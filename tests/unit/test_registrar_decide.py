@@ -48,6 +48,7 @@ from processors.registrar.facts import (
     WebhookVerdict,
 )
 from processors.registrar.nonce import NonceSigner
+from projections.history import aor_of
 
 NOW_MS = 1_700_000_000_000
 NOW_S = NOW_MS // 1000
@@ -533,6 +534,8 @@ def test_unregister_is_still_authenticated() -> None:
 def test_aor_without_user_part_is_undefined_like_jambonz() -> None:
     granted = run(register(aor_user=None), webhook_facts()).facts[0]
     assert isinstance(granted, RegistrationGranted) and granted.aor == f"undefined@{REALM}"
+    # the request's history step lands under the same AOR as its decision (it once read "None@<realm>")
+    assert aor_of(register(aor_user=None)) == aor_of(granted) == f"undefined@{REALM}"
 
 
 # --- nonces (deliberate change) ----------------------------------------------------------

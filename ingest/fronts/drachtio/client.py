@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 
 ROUTED_VERBS = ("register", "options")
 PING_MIN_SERVER_VERSION = (0, 8, 2)
-MAX_IN_FLIGHT_REQUESTS = 1000  # beyond this, new requests get 503 at once
+# A last-resort bound on memory only: the overload policy is Ingest's (SIDECAR_MAX_PENDING sheds REGISTERs
+# with Retry-After and never heartbeats), and it must act long before this refuses everything.
+MAX_IN_FLIGHT_REQUESTS = 20_000
 SHUTDOWN_GRACE_S = 5.0  # how long leaving the context waits for handlers still answering
 
 
