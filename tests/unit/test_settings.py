@@ -70,7 +70,7 @@ def test_bad_value_is_named(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**BASE, name: value})
     assert info.value.variable == name
-    assert value in str(info.value) or "must" in str(info.value)
+    assert name in str(info.value)
 
 
 def test_defaults_follow_the_original() -> None:

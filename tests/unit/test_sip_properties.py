@@ -76,9 +76,10 @@ def exercise(message: SipMessage) -> None:
             pass
         try:
             response = make_response(message, 400, to_tag="t1")
-            assert parse_message(response.serialize(), max_message_bytes=_BIG, max_headers=_BIG) == response
         except SipParseError:
-            pass
+            response = None  # no Via: no answer can be formed
+        if response is not None:  # a response we form must parse back to itself
+            assert parse_message(response.serialize(), max_message_bytes=_BIG, max_headers=_BIG) == response
     try:
         via = message.top_via.with_source("192.0.2.1", 5060)
     except SipParseError:
@@ -334,10 +335,12 @@ def test_stream_framer_any_chunking(items: list[bytes], data: st.DataObject) -> 
 @given(st.binary(max_size=300), st.integers(1, 50))
 def test_stream_framer_on_noise(noise: bytes, chunk: int) -> None:
     framer = StreamFramer(max_message_bytes=1000)
+    frames: list[object] = []
     try:
         for begin in range(0, len(noise), chunk):
-            for frame in framer.feed(noise[begin : begin + chunk]):
-                if isinstance(frame, bytes):
-                    parse_or_reject(frame)
+            frames.extend(framer.feed(noise[begin : begin + chunk]))
     except SipParseError:
-        pass
+        pass  # a framing error ends the stream; what was framed before it still counts
+    for frame in frames:
+        if isinstance(frame, bytes):
+            parse_or_reject(frame)  # only the parse may refuse; a re-parse failure is a test failure
