@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from bench.infrastructure import REPO
 from bench.processes import Child
 
 SAMPLE_RATE_HZ = 200
@@ -76,7 +77,7 @@ def _function(frame: str) -> str:
     if match is None:
         return frame.strip()
     file = match["file"]
-    for marker in ("/site-packages/", "/work/main/", "/lib/python3"):
+    for marker in ("/site-packages/", f"{REPO}/", "/lib/python3"):  # the checkout's own files: relative
         if marker in file:
             file = file.split(marker, 1)[1]
             break

@@ -46,10 +46,6 @@ class EventCodec:
         self._encoder = msgspec.json.Encoder()
         self._dict_decoder = msgspec.json.Decoder(dict[str, Any])
 
-    @property
-    def types(self) -> Mapping[str, type[Event]]:
-        return self._types
-
     def encode(self, event: Event) -> dict[bytes, bytes]:
         cls = type(event)
         if self._types.get(cls.TYPE) is not cls:

@@ -133,7 +133,7 @@ def register_received(request: SipRequest, facts: TransportFacts, reply_to: str)
 def is_heartbeat(request: SipRequest) -> bool:
     """An OPTIONS from a feature server or RTP server (SPEC 3); other OPTIONS are keep-alives."""
     headers = request.headers
-    return "x-fs-status" in headers or "x-rtp-status" in headers
+    return headers.get("x-fs-status") is not None or headers.get("x-rtp-status") is not None
 
 
 def options_received(request: SipRequest, facts: TransportFacts, reply_to: str) -> OptionsReceived:

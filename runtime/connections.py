@@ -127,7 +127,7 @@ async def open_mysql(settings: MysqlSettings) -> AsyncIterator[aiomysql.Pool]:
 
 @asynccontextmanager
 async def open_http(user_agent: str | None = None, limit: int = 256) -> AsyncIterator[aiohttp.ClientSession]:
-    """One pooled keep-alive session for every webhook call of the process."""
+    """One pooled keep-alive session of the process, for the InfluxDB alerts (the webhook has its own client)."""
     headers = {"User-Agent": user_agent} if user_agent else None
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=30, ttl_dns_cache=60)
     # Deadlines are the caller's (asyncio.timeout); no cookies are ever wanted from a webhook.

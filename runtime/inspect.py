@@ -26,8 +26,6 @@ def describe(event: Event) -> str:
             continue
         if value is None or value == [] or value == {}:
             continue
-        if key == "authorization":
-            continue
         parts.append(f"{key}={value}")
     return " ".join(parts)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
@@ -189,10 +188,6 @@ class Headers:
             if field[0] == key:
                 return True
         return False
-
-    def keys(self) -> builtins.set[str]:
-        """The lookup keys present (compact forms spelled out), for several membership tests at once."""
-        return {field[0] for field in self._fields}
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """``(name as written, value)`` pairs in order."""

@@ -22,7 +22,6 @@ class ServerTransaction:
     key: tuple[str, ...]
     final_response: bytes | None = None
     expires_at: float = 0.0
-    retransmissions: int = 0
 
 
 class TransactionTable:
@@ -36,8 +35,6 @@ class TransactionTable:
         self.max_pending_s = max_pending_s  # a decision never takes this long; forget it then
         self._table: dict[tuple[str, ...], ServerTransaction] = {}
         self._expiry: deque[tuple[float, tuple[str, ...]]] = deque()
-        self.absorbed = 0
-        self.repeated = 0
 
     def __len__(self) -> int:
         return len(self._table)
@@ -46,12 +43,7 @@ class TransactionTable:
         """The transaction for `key`, and whether it is new (False: a retransmission)."""
         self._sweep()
         existing = self._table.get(key)
-        if existing is not None:
-            existing.retransmissions += 1
-            if existing.final_response is None:
-                self.absorbed += 1
-            else:
-                self.repeated += 1
+        if existing is not None:  # counted by the dispatcher (FrontStats)
             return existing, False
         transaction = ServerTransaction(key, expires_at=self.clock() + self.max_pending_s)
         self._table[key] = transaction
