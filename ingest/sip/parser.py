@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ingest.sip.errors import SipParseError
-from ingest.sip.message import COMPACT_FORMS, Headers, SipRequest, SipResponse
+from ingest.sip.message import Headers, SipRequest, SipResponse, header_key
 from ingest.sip.syntax import TOKEN_CHARS
 
 __all__ = [
@@ -113,10 +113,7 @@ def _header_name(raw_name: str) -> tuple[str, str]:
     name = raw_name.rstrip(" \t")
     if not name or not TOKEN_CHARS.issuperset(name):
         raise SipParseError("bad header name")
-    key = name.lower()
-    if len(key) == 1:
-        key = COMPACT_FORMS.get(key, key)
-    known = (key, name)
+    known = (header_key(name), name)
     if len(_NAMES) < _NAMES_MAX:
         _NAMES[raw_name] = known
     return known
