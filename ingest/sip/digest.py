@@ -125,6 +125,20 @@ _JAMBONZ_FIELD = {name: re.compile(f'{_JS_SPACE_OR_COMMA}{name}="?({_JS_DOT}+?)[
 _JAMBONZ_TRAILING = {name: re.compile(f"{name}=({_JS_DOT}*)\\Z") for name in ("nc", "qop")}
 
 
+def _first_match(pattern: re.Pattern[str], value: str, name: str) -> re.Match[str] | None:
+    """``pattern.search(value)`` for a field pattern, tried only where ``name=`` occurs (a search would scan
+    every position with the leading character class; the leftmost occurrence that matches is the same match).
+    """
+    needle = name + "="
+    at = value.find(needle, 1)
+    while at >= 0:
+        match = pattern.match(value, at - 1)
+        if match:
+            return match
+        at = value.find(needle, at + 1)
+    return None
+
+
 def parse_digest_credentials_jambonz(value: str, *, require_mandatory: bool = True) -> dict[str, str]:
     """The Authorization fields exactly as jambonz extracts them (SPEC.md 2.5), quirks kept on purpose.
 
@@ -141,7 +155,7 @@ def parse_digest_credentials_jambonz(value: str, *, require_mandatory: bool = Tr
     """
     fields = {"scheme": "digest"}
     for name, pattern in _JAMBONZ_FIELD.items():
-        match = pattern.search(value)
+        match = _first_match(pattern, value, name)
         if match:
             found = match.group(1)
             fields[name] = "" if found == '"' else found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import string
 
 from ingest.sip.errors import SipParseError
@@ -134,8 +135,28 @@ class NameAddr:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
 
+# The usual shape, ``sip[s]:[user@]host[:port][;params]`` with an ASCII user part and no password, IPv6
+# reference or URI headers, matched in one step. Anything else goes through the general parser, which
+# gives the same result for these shapes (tests/unit/test_sip_properties.py checks the two agree).
+_USER_CLASS = "".join(re.escape(c) for c in map(chr, range(0x21, 0x7F)) if c not in '<>"@[]:')
+_SIMPLE_SIP_URI = re.compile(
+    rf"((?i:sips?)):(?:([{_USER_CLASS}]+)@)?([A-Za-z0-9._\-]+)(?::([0-9]{{1,5}}))?((?:;[^?@]*)?)"
+)
+
+
 def parse_uri(text: str) -> SipUri:
     """Parse a sip, sips or tel URI; anything else, or a second ``@``, raises :class:`SipParseError`."""
+    simple = _SIMPLE_SIP_URI.fullmatch(text)
+    if simple is not None:
+        scheme, user, host, port_text, params_text = simple.groups()
+        port = int(port_text) if port_text else None
+        if port is None or 0 < port <= 65535:
+            params = parse_params(params_text[1:], allow_quoted=False) if params_text else {}
+            return SipUri(scheme.lower(), host, user=user, port=port, params=params)
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> SipUri:
     colon = text.find(":")
     if colon <= 0:
         raise SipParseError("URI without a scheme")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -238,9 +239,7 @@ _user = st.text(string.ascii_letters + string.digits + "-_.!~*'()&=+$,;?/%", min
 @st.composite
 def sip_uris(draw: st.DrawFn) -> SipUri:
     user = draw(st.one_of(st.none(), _user))
-    password = (
-        draw(st.one_of(st.none(), st.text(string.ascii_letters + "&=+$,", max_size=6))) if user else None
-    )
+    password = draw(st.one_of(st.none(), st.text(string.ascii_letters + "&=+$,", max_size=6))) if user else None
     return SipUri(
         draw(st.sampled_from(["sip", "sips"])),
         draw(_host),
@@ -255,9 +254,7 @@ def sip_uris(draw: st.DrawFn) -> SipUri:
 _quoted_value = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=10).map(
     lambda text: '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 )
-_header_params = st.dictionaries(
-    _token.map(str.lower), st.one_of(st.none(), _token, _quoted_value), max_size=4
-)
+_header_params = st.dictionaries(_token.map(str.lower), st.one_of(st.none(), _token, _quoted_value), max_size=4)
 _display = st.one_of(st.none(), st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=12))
 
 
@@ -344,3 +341,61 @@ def test_stream_framer_on_noise(noise: bytes, chunk: int) -> None:
     for frame in frames:
         if isinstance(frame, bytes):
             parse_or_reject(frame)  # only the parse may refuse; a re-parse failure is a test failure
+
+
+# --- fast paths agree with the general parsers -------------------------------------------------------------
+
+_URI_PIECES = st.sampled_from(
+    [
+        "sip:", "sips:", "SIP:", "tel:", "u000123", "alice", "+1555", "%20", "@", "@@", ":", "pw", "host.example",
+        "10.0.0.1", "[2001:db8::1]", ":5060", ":0", ":65536", ":99999", ":05060", ";transport=udp", ";lr", ";=x",
+        ";a=b c", ";x=\"q\"", "?h=v", "?", "&", "<", ">", " ", "\t", "é", "_", "-", ".", ";", "=", ",",
+    ]
+)  # fmt: skip
+
+
+def _outcome_of(parse: Callable[[str], SipUri], text: str) -> object:
+    try:
+        uri = parse(text)
+    except SipParseError as exc:
+        return ("error", str(exc))
+    return str((uri.scheme, uri.user, uri.password, uri.host, uri.port, uri.params, uri.headers))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_URI_PIECES, min_size=1, max_size=8).map("".join))
+def test_uri_fast_path_agrees_with_the_general_parser(text: str) -> None:
+    from ingest.sip.uri import _parse_uri
+
+    fast, general = _outcome_of(parse_uri, text), _outcome_of(_parse_uri, text)
+    if isinstance(general, str):
+        assert fast == general
+    else:  # the fast path never accepts what the general parser refuses
+        assert isinstance(fast, tuple)
+
+
+def test_uri_fast_path_takes_the_usual_shapes() -> None:
+    from ingest.sip import uri as uri_module
+
+    for text in ("sip:u000123@bench.local", "SIP:alice@10.0.0.1:5061;transport=UDP;lr", "sips:host.example"):
+        assert uri_module._SIMPLE_SIP_URI.fullmatch(text) is not None
+        assert _outcome_of(parse_uri, text) == _outcome_of(uri_module._parse_uri, text)
+    assert str(parse_uri("SIP:alice@10.0.0.1:5061;transport=UDP")) == "sip:alice@10.0.0.1:5061;transport=UDP"
+
+
+_DIGEST_PIECES = st.sampled_from(
+    [
+        "Digest ", "username", "realm", "nonce", "cnonce", "uri", "response", "algorithm", "qop", "nc", "opaque",
+        "=", '="', '"', ",", " ", "\t", "\n", "\u2028", "abc", "MD5", "auth", "00000001", "sip:x", "é",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_DIGEST_PIECES, max_size=24).map("".join))
+def test_digest_field_lookup_agrees_with_a_plain_search(text: str) -> None:
+    from ingest.sip.digest import _JAMBONZ_FIELD, _first_match
+
+    for name, pattern in _JAMBONZ_FIELD.items():
+        fast, plain = _first_match(pattern, text, name), pattern.search(text)
+        assert (fast and (fast.span(), fast.group(1))) == (plain and (plain.span(), plain.group(1)))
