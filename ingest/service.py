@@ -80,6 +80,14 @@ class Ingest:
             return True
         return answer
 
+    def answer_keepalive(self) -> bool:
+        """For fronts that recognize a plain OPTIONS (no heartbeat header) from its bytes: answer it 200 OK.
+
+        The same answer and count as `_at_once` gives a parsed one; True tells the front to send it.
+        """
+        self.stats.options_answered += 1
+        return True
+
     async def __call__(self, request: IncomingRequest) -> None:
         message = request.message
         answer = self._at_once(message)

@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "SipParseError",
     "find_header_end",
+    "header_name",
     "parse_message",
 ]
 
@@ -107,6 +108,12 @@ def _parse_header_lines(lines: list[str], max_headers: int) -> list[tuple[str, s
 # over and over, so each is checked and lower-cased once; the memo stops growing at _NAMES_MAX.
 _NAMES: dict[str, tuple[str, str]] = {}
 _NAMES_MAX = 4096
+
+
+def header_name(raw_name: str) -> tuple[str, str]:
+    """``(lookup key, name)`` of a header name as written before its colon; :class:`SipParseError` if invalid."""
+    known = _NAMES.get(raw_name)
+    return _header_name(raw_name) if known is None else known
 
 
 def _header_name(raw_name: str) -> tuple[str, str]:

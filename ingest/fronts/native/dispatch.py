@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Coroutine, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 from ingest.fronts.front import RequestHandler, TransportFacts
 from ingest.fronts.native.transactions import ServerTransaction, TransactionTable
 from ingest.sip import SipParseError, SipRequest, SipResponse, make_response, parse_message
+from ingest.sip.keepalive import answer_plain_options, stateless_to_tag
 from ingest.sip.tags import random_hex
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,15 @@ def _facts(source: tuple[str, int], transport: str) -> TransportFacts:
 _TAG_KEY = os.urandom(16)  # keys the To tags of stateless answers (one process answers a request's retransmissions)
 
 
+def _deliver(send: Send, data: bytes, status: int, destination: tuple[str, int], stats: FrontStats) -> None:
+    """Sends one answer; a failed send is logged, never raised (the peer retransmits)."""
+    stats.responses_sent += 1
+    try:
+        send(data)
+    except (OSError, RuntimeError, asyncio.QueueFull) as exc:
+        log.warning("response not sent status=%s to=%s:%s error=%s", status, destination[0], destination[1], exc)
+
+
 class NativeIncoming:
     """A request held by the native front; `respond` sends the final answer once."""
 
@@ -82,15 +91,13 @@ class NativeIncoming:
         # Answered without a transaction (RFC 3261 8.2.7, stateless UAS): a retransmission of the same
         # request must get the same To tag, so the tag is a keyed hash of the request's identity.
         headers = self.message.headers
-        identity = "|".join(
-            (
-                headers.get("via") or "",
-                headers.get("call-id") or "",
-                headers.get("from") or "",
-                headers.get("cseq") or "",
-            )
+        return stateless_to_tag(
+            _TAG_KEY,
+            headers.get("via") or "",
+            headers.get("call-id") or "",
+            headers.get("from") or "",
+            headers.get("cseq") or "",
         )
-        return hashlib.blake2s(identity.encode(errors="surrogateescape"), key=_TAG_KEY, digest_size=5).hexdigest()
 
     async def respond(
         self, status: int, reason: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
@@ -112,17 +119,7 @@ class NativeIncoming:
         self.answered = True
         if self._transaction is not None and self._table is not None and status >= 200:
             self._table.complete(self._transaction, data)
-        self._stats.responses_sent += 1
-        try:
-            self._send(data)
-        except (OSError, RuntimeError, asyncio.QueueFull) as exc:
-            log.warning(
-                "response not sent status=%s to=%s:%s error=%s",
-                status,
-                self.facts.source_ip,
-                self.facts.source_port,
-                exc,
-            )
+        _deliver(self._send, data, status, (self.facts.source_ip, self.facts.source_port), self._stats)
 
 
 class Dispatcher:
@@ -147,6 +144,8 @@ class Dispatcher:
     ) -> None:
         """Entry point of every transport for one complete message. Never raises."""
         self.stats.received += 1
+        if data[:8] == b"OPTIONS " and self._answered_keepalive(data, source, send):
+            return
         try:
             message = parse_message(data, max_message_bytes=self.max_message_bytes)
         except SipParseError as exc:
@@ -168,6 +167,25 @@ class Dispatcher:
         except Exception:  # noqa: BLE001 - nothing a peer sends may stop a listener
             self.stats.dropped_unparseable += 1
             log.exception("request dropped from=%s:%s", source[0], source[1])
+
+    def _answered_keepalive(self, data: bytes, source: tuple[str, int], send: Send) -> bool:
+        """Answers a plain OPTIONS keep-alive from its bytes when the handler takes such keep-alives.
+
+        Exactly the answer the full path would send, at a fraction of its cost; anything unusual is left to
+        the full path (False), as is everything while draining.
+        """
+        answer_keepalive = getattr(self.handler, "answer_keepalive", None)
+        if answer_keepalive is None or self._draining:
+            return False
+        try:
+            answer = answer_plain_options(data, source[0], source[1], _TAG_KEY, self.max_message_bytes)
+        except Exception:  # noqa: BLE001 - the full path still answers
+            log.exception("keep-alive fast path failed from=%s:%s", source[0], source[1])
+            return False
+        if answer is None or not answer_keepalive():
+            return False
+        _deliver(send, answer, 200, source, self.stats)
+        return True
 
     def _request(
         self,
