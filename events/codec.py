@@ -34,6 +34,7 @@ class EventCodec:
         upcasters: Mapping[tuple[str, int], Upcaster] | None = None,
     ) -> None:
         self._types: dict[str, type[Event]] = {}
+        self._headers: dict[type[Event], tuple[bytes, bytes]] = {}  # the type and v fields, by class
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         for cls in event_types:
             if not cls.TYPE:
@@ -41,20 +42,23 @@ class EventCodec:
             if cls.TYPE in self._types:
                 raise ValueError(f"duplicate event type {cls.TYPE!r}")
             self._types[cls.TYPE] = cls
+            self._headers[cls] = (cls.TYPE.encode(), str(cls.VERSION).encode())
             self._decoders[cls.TYPE] = msgspec.json.Decoder(cls)
         self._upcasters = dict(upcasters or {})
         self._encoder = msgspec.json.Encoder()
         self._dict_decoder = msgspec.json.Decoder(dict[str, Any])
 
     def encode(self, event: Event) -> dict[bytes, bytes]:
+        type_name, version, data = self.encode_fields(event)
+        return {FIELD_TYPE: type_name, FIELD_VERSION: version, FIELD_DATA: data}
+
+    def encode_fields(self, event: Event) -> tuple[bytes, bytes, bytes]:
+        """The values of the `type`, `v` and `data` fields of the entry for `event`."""
         cls = type(event)
-        if self._types.get(cls.TYPE) is not cls:
+        header = self._headers.get(cls)
+        if header is None:
             raise ValueError(f"event type {cls.TYPE!r} is not registered")
-        return {
-            FIELD_TYPE: cls.TYPE.encode(),
-            FIELD_VERSION: str(cls.VERSION).encode(),
-            FIELD_DATA: self._encoder.encode(event),
-        }
+        return header[0], header[1], self._encoder.encode(event)
 
     def decode(self, fields: Mapping[bytes, bytes]) -> Event:
         try:

@@ -12,6 +12,7 @@ from ingest.fronts.front import IncomingRequest, SipFront
 from ingest.replies import ReplyRouter
 from ingest.requests import BadRequest, is_heartbeat, options_received, register_received
 from ingest.sip import SipRequest
+from runtime.errors import StoreUnavailable
 from runtime.eventlog import Appender
 from runtime.services import Services, Worker
 
@@ -125,21 +126,13 @@ class Ingest:
         await self._decide(request, event)
 
     async def _decide(self, request: IncomingRequest, event: Event) -> None:
+        # One future per request: the processor's reply resolves it, a failed append or the timer fails it.
         waiter = self.replies.expect(event.correlation_id)
         try:
-            await self.appender.append(self.requests_stream, event)
+            self.appender.submit(self.requests_stream, event, waiter)
         except Exception as exc:  # noqa: BLE001 - any store fault is answered, never crashes the listener
-            self.replies.forget(event.correlation_id)
-            self.stats.store_failures += 1
-            log.error(
-                "request not recorded, answering 500 type=%s call_id=%s error=%s",
-                event.TYPE,
-                getattr(event, "call_id", ""),
-                exc,
-            )
-            await request.respond(500, "Server Internal Error", [("X-Reason", "event log unavailable")])
+            await self._store_failed(request, event, exc)
             return
-        # A timer on the waiter itself: cheaper than a timeout scope per request on the hot path.
         timer = asyncio.get_running_loop().call_later(self.reply_timeout_s, _expire, waiter)
         try:
             reply: ReplyIssued = await waiter
@@ -153,9 +146,23 @@ class Ingest:
             )
             await request.respond(500, "Server Internal Error", [("X-Reason", "no decision in time")])
             return
+        except StoreUnavailable as exc:
+            await self._store_failed(request, event, exc)
+            return
         finally:
             timer.cancel()
         await request.respond(reply.status, reply.reason, reply.headers)
+
+    async def _store_failed(self, request: IncomingRequest, event: Event, exc: Exception) -> None:
+        self.replies.forget(event.correlation_id)
+        self.stats.store_failures += 1
+        log.error(
+            "request not recorded, answering 500 type=%s call_id=%s error=%s",
+            event.TYPE,
+            getattr(event, "call_id", ""),
+            exc,
+        )
+        await request.respond(500, "Server Internal Error", [("X-Reason", "event log unavailable")])
 
 
 def _expire(waiter: asyncio.Future[ReplyIssued]) -> None:

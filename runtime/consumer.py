@@ -200,10 +200,10 @@ class Consumer:
         decode = self.log.codec.decode
         for stream, entry in entries:
             entry_id = _text(entry[0])
-            key = _key(stream, entry_id)
-            count = counts.get(key, 1)
+            count = counts.get(_key(stream, entry_id), 1) if counts else 1  # counts: only for re-claimed entries
             if count > self.max_deliveries:
-                error = self._failures.get(key, "handler did not finish (consumer lost or timed out)")
+                lost = "handler did not finish (consumer lost or timed out)"
+                error = self._failures.get(_key(stream, entry_id), lost)
                 batch.dead.append(_Dead(stream, entry, f"gave up after {count - 1} deliveries: {error}", count - 1))
                 continue
             try:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from events import Event, EventCodec, StreamNames
+from events.codec import FIELD_DATA, FIELD_TYPE, FIELD_VERSION
 from runtime.errors import StoreUnavailable
 from runtime.redis_scripts import Script
 from runtime.resp import LinkSettings, RespLink
@@ -121,6 +122,9 @@ class EventLog:
         self._link = RespLink(link) if link is not None else None
         self._readers: list[StreamReader] = []
         self._local: dict[str, Callable[[Event], None]] = {}
+        self._trims: dict[str, tuple[str, str, int | str]] = {}  # stream -> how its appends trim
+        self._min_id_value = ""
+        self._min_id_until = 0.0
 
     def attach_local(self, stream: str, sink: Callable[[Event], None]) -> None:
         """Events a consumer of this process commits for `stream` go to `sink` instead of Redis.
@@ -175,16 +179,39 @@ class EventLog:
 
     def xadd_command(self, stream: str, event: Event) -> list[object]:
         """The XADD for one event, trimmed by age (replies streams: by length)."""
-        fields = self.codec.encode(event)
-        if self.names.is_replies(stream):
-            trim: list[object] = ["MAXLEN", "~", self.settings.replies_maxlen]
-        else:
-            trim = ["MINID", "~", retention_min_id(self.settings.retention_s)]
-        command: list[object] = ["XADD", stream, *trim, "*"]
-        for key, value in fields.items():
-            command.append(key)
-            command.append(value)
-        return command
+        type_name, version, data = self.codec.encode_fields(event)
+        trim = self._trims.get(stream)
+        if trim is None:
+            if self.names.is_replies(stream):
+                trim = ("MAXLEN", "~", self.settings.replies_maxlen)
+            else:
+                trim = ("MINID", "~", "")
+            if len(self._trims) < 1024:
+                self._trims[stream] = trim
+        limit = trim[2] if trim[0] == "MAXLEN" else self._min_id()
+        return [
+            "XADD",
+            stream,
+            trim[0],
+            "~",
+            limit,
+            "*",
+            FIELD_TYPE,
+            type_name,
+            FIELD_VERSION,
+            version,
+            FIELD_DATA,
+            data,
+        ]
+
+    def _min_id(self) -> str:
+        """The MINID of an append: the retention window's start, recomputed at most once a second (the trim is
+        approximate anyway)."""
+        now = time.monotonic()
+        if now >= self._min_id_until:
+            self._min_id_until = now + 1.0
+            self._min_id_value = retention_min_id(self.settings.retention_s)
+        return self._min_id_value
 
     async def append(self, stream: str, events: Sequence[Event]) -> list[str]:
         return await self.append_many([(stream, event) for event in events])
@@ -257,41 +284,41 @@ class EventLog:
 class Appender:
     """Write-behind batcher for ingest: coalesces appends made in the same loop turn.
 
-    `append` returns once the entry is in Redis. While one pipeline is in flight, new appends
-    queue up and go in the next one, so the batch grows with the load and no timer is needed.
+    `submit` returns at once; the caller awaits its own future (ingest: the reply waiter), which the
+    appender fails with `StoreUnavailable` if the append does not go through. While one pipeline is in
+    flight, new appends queue up and go in the next one, so the batch grows with the load and no timer is
+    needed.
     """
 
     def __init__(self, log_: EventLog, max_batch: int = 500) -> None:
         self._log = log_
         self._max_batch = max_batch
-        self._pending: list[tuple[list[object], asyncio.Future[str]]] = []
+        self._pending: list[tuple[list[object], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def append(self, stream: str, event: Event) -> str:
+    def submit(self, stream: str, event: Event, waiter: asyncio.Future[Any]) -> None:
+        """Queues the append of `event`; `waiter` gets the exception if it fails, and is left alone otherwise.
+
+        An event that cannot be encoded raises here, alone.
+        """
         if self._closed:
             raise StoreUnavailable("appender is closed")
-        command = self._log.xadd_command(stream, event)  # an event that cannot be encoded fails here, alone
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((command, future))
+        self._pending.append((self._log.xadd_command(stream, event), waiter))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop(), name="appender-flush")
-        return await future
 
     async def _flush_loop(self) -> None:
         await asyncio.sleep(0)  # let the rest of this loop turn queue up
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             try:
-                ids = await self._log.execute_appends([command for command, _ in batch])
+                await self._log.execute_appends([command for command, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter gets the fault
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), entry_id in zip(batch, ids, strict=True):
-                if not future.done():
-                    future.set_result(entry_id)
+                error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"append failed: {exc!r}")
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(error)
 
     async def __aenter__(self) -> Appender:
         return self

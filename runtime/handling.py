@@ -62,15 +62,19 @@ class Fanout:
         if len(per_handler) == 1:
             return per_handler[0]
         merged: list[Outcome | BaseException] = []
-        for index in range(len(deliveries)):
-            outcome = Outcome()
-            failure: BaseException | None = None
-            for results in per_handler:
-                result = results[index]
-                if isinstance(result, BaseException):
-                    failure = failure or result
-                else:
-                    outcome.appends.extend(result.appends)
-                    outcome.writes.extend(result.writes)
-            merged.append(failure if failure is not None else outcome)
+        for results in zip(*per_handler, strict=True):
+            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            if failure is not None:
+                merged.append(failure)
+                continue
+            busy = [r for r in results if isinstance(r, Outcome) and (r.appends or r.writes)]
+            if len(busy) <= 1:  # the usual case: one handler's business (or nobody's), taken as it is
+                merged.append(busy[0] if busy else Outcome())
+                continue
+            merged.append(
+                Outcome(
+                    appends=[append for outcome in busy for append in outcome.appends],
+                    writes=[write for outcome in busy for write in outcome.writes],
+                )
+            )
         return merged

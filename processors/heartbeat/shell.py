@@ -37,6 +37,8 @@ class Heartbeat:
         self.clock = clock
 
     async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome | BaseException]:
+        if not any(isinstance(d.event, OptionsReceived) for d in deliveries):
+            return [Outcome() for _ in deliveries]  # the usual batch: registrations only
         now = datetime.fromtimestamp(self.clock(), UTC)
         membership, drained = Membership(), frozenset[str]()
         if any(isinstance(d.event, OptionsReceived) and server_kind(d.event) for d in deliveries):

@@ -148,3 +148,48 @@ async def test_a_commit_never_applies_partly_when_redis_forgot_its_scripts(own_r
     finally:
         log.close()
         await redis.aclose()
+
+
+class Answered:
+    """An IncomingRequest that keeps what it was answered."""
+
+    def __init__(self, message: object) -> None:
+        from ingest.fronts.front import TransportFacts
+
+        self.message = message
+        self.facts = TransportFacts("10.0.0.9", 5062, "udp", "10.0.0.1:5060")
+        self.answers: list[tuple[int, str, list[tuple[str, str]]]] = []
+
+    async def respond(self, status: int, reason: str, headers: object = (), body: bytes = b"") -> None:
+        self.answers.append((status, reason, list(headers)))  # type: ignore[call-overload]
+
+
+async def test_a_request_that_cannot_be_recorded_is_answered_500_and_nothing_waits_for_it(own_redis: OwnRedis) -> None:
+    from ingest.replies import ReplyRouter
+    from ingest.service import Ingest
+    from ingest.sip import parse_message
+    from runtime.eventlog import Appender
+    from tests.unit import sip_samples as samples
+
+    await until_up(own_redis.port)
+    redis = Redis(host="127.0.0.1", port=own_redis.port)
+    names = StreamNames("unrecorded")
+    log = EventLog(
+        redis,
+        default_codec(),
+        names,
+        EventLogSettings(cluster_id="unrecorded"),
+        LinkSettings("127.0.0.1", own_redis.port),
+    )
+    replies = ReplyRouter(redis, log.blocking_reader(), default_codec(), names.replies("i1"))
+    ingest = Ingest(Appender(log), replies, names.requests, "i1", reply_timeout_s=5)
+    try:
+        own_redis.stop()
+        request = Answered(parse_message(samples.SIPP_REGISTER))
+        await asyncio.wait_for(ingest(request), 3)  # answered at once, not after the reply timeout
+        assert request.answers == [(500, "Server Internal Error", [("X-Reason", "event log unavailable")])]
+        assert ingest.stats.store_failures == 1 and ingest.stats.registers == 1
+        assert replies.waiting == 0
+    finally:
+        log.close()
+        await redis.aclose()
