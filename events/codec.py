@@ -35,6 +35,7 @@ class EventCodec:
     ) -> None:
         self._types: dict[str, type[Event]] = {}
         self._headers: dict[type[Event], tuple[bytes, bytes]] = {}  # the type and v fields, by class
+        self._current: dict[tuple[bytes, bytes], msgspec.json.Decoder[Any]] = {}  # (type, v) fields -> decoder
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         for cls in event_types:
             if not cls.TYPE:
@@ -44,6 +45,7 @@ class EventCodec:
             self._types[cls.TYPE] = cls
             self._headers[cls] = (cls.TYPE.encode(), str(cls.VERSION).encode())
             self._decoders[cls.TYPE] = msgspec.json.Decoder(cls)
+            self._current[self._headers[cls]] = self._decoders[cls.TYPE]
         self._upcasters = dict(upcasters or {})
         self._encoder = msgspec.json.Encoder()
         self._dict_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -61,6 +63,14 @@ class EventCodec:
         return header[0], header[1], self._encoder.encode(event)
 
     def decode(self, fields: Mapping[bytes, bytes]) -> Event:
+        current = self._current.get((fields.get(FIELD_TYPE), fields.get(FIELD_VERSION)))  # type: ignore[arg-type]
+        if current is not None:  # the usual entry: a known type at its current version
+            try:
+                return current.decode(fields[FIELD_DATA])
+            except KeyError as exc:
+                raise EventDecodeError(f"entry is not an event: {exc!r}") from exc
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise EventDecodeError(f"{fields[FIELD_TYPE].decode()} v{int(fields[FIELD_VERSION])}: {exc}") from exc
         try:
             type_name = fields[FIELD_TYPE].decode()
             version = int(fields[FIELD_VERSION])

@@ -122,6 +122,7 @@ _JS_DOT = "[^\n\r\u2028\u2029]"
 _JS_SPACE = "[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 _JS_SPACE_OR_COMMA = _JS_SPACE[:-1] + ",]"
 _JAMBONZ_FIELD = {name: re.compile(f'{_JS_SPACE_OR_COMMA}{name}="?({_JS_DOT}+?)[",]') for name in JAMBONZ_DIGEST_FIELDS}
+_JAMBONZ_LOOKUPS = tuple((name, f"{name}=", pattern) for name, pattern in _JAMBONZ_FIELD.items())
 _JAMBONZ_TRAILING = {name: re.compile(f"{name}=({_JS_DOT}*)\\Z") for name in ("nc", "qop")}
 
 
@@ -154,7 +155,9 @@ def parse_digest_credentials_jambonz(value: str, *, require_mandatory: bool = Tr
     :class:`SipParseError` (jambonz throws there and answers 500).
     """
     fields = {"scheme": "digest"}
-    for name, pattern in _JAMBONZ_FIELD.items():
+    for name, needle, pattern in _JAMBONZ_LOOKUPS:
+        if needle not in value:
+            continue  # the usual absent field (opaque): no match is possible without its name
         match = _first_match(pattern, value, name)
         if match:
             found = match.group(1)

@@ -215,10 +215,11 @@ class SipMessage:
     Accessors parse on every call and raise :class:`SipParseError` on a malformed value.
     """
 
-    __slots__ = ("headers", "body", "_top_via")
+    __slots__ = ("headers", "body", "_top_via", "_cseq")
 
     def __init__(self, headers: Headers | Iterable[tuple[str, str]] | None, body: bytes) -> None:
         self._top_via: Via | None = None  # parsed once, then kept (cleared when Via fields change)
+        self._cseq: tuple[str, CSeq] | None = None  # (the text it was parsed from, the CSeq)
         if headers is None:
             headers = Headers()
         elif not isinstance(headers, Headers):
@@ -261,7 +262,12 @@ class SipMessage:
 
     @property
     def cseq(self) -> CSeq:
-        return parse_cseq(self._required("cseq"))
+        """The CSeq, parsed (once: treat the result as read-only)."""
+        cseq = self._cseq
+        if cseq is None or cseq[0] is not self.headers.get("cseq"):
+            text = self._required("cseq")
+            cseq = self._cseq = (text, parse_cseq(text))
+        return cseq[1]
 
     @property
     def vias(self) -> list[Via]:

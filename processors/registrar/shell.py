@@ -13,7 +13,6 @@ so the loop retries the entry; MySQL and webhook trouble are facts with SPEC ans
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -185,19 +184,19 @@ class Registrar:
             try:
                 found = await self._accounts.account_by_realm(realm)
             except StoreUnavailable as exc:
-                return dataclasses.replace(facts, account=_failure(exc))
-            return dataclasses.replace(facts, account=found if found is not None else NOT_FOUND)
+                return facts.having(account=_failure(exc))
+            return facts.having(account=found if found is not None else NOT_FOUND)
         if account is None:
             raise RuntimeError(f"decide() asked for {need.value} before the account")
         if need is Need.CAPACITIES:
             try:
                 capacities = await self._accounts.capacities(account.account_sid)
             except StoreUnavailable as exc:
-                return dataclasses.replace(facts, capacities=_failure(exc))
-            return dataclasses.replace(facts, capacities=capacities)
+                return facts.having(capacities=_failure(exc))
+            return facts.having(capacities=capacities)
         if need is Need.DEVICE_COUNT:
             count = await self._device_counts.get(realm, lambda: self._count_devices(realm, now_ms))
-            return dataclasses.replace(facts, device_count=count)
+            return facts.having(device_count=count)
         if need is Need.WEBHOOK:
             hook = account.registration_hook
             if hook is None:
@@ -210,13 +209,13 @@ class Registrar:
                 user_agent=self._config.http_user_agent,
                 clock=self._clock,
             )
-            return dataclasses.replace(facts, verdict=verdict)
+            return facts.having(verdict=verdict)
         username = request.authorization.username if request.authorization else None
         try:
             client = await self._accounts.client(account.account_sid, username or "")
         except StoreUnavailable as exc:
-            return dataclasses.replace(facts, client=_failure(exc))
-        return dataclasses.replace(facts, client=client if client is not None else NOT_FOUND)
+            return facts.having(client=_failure(exc))
+        return facts.having(client=client if client is not None else NOT_FOUND)
 
     async def _count_devices(self, realm: str, now_ms: int) -> int | StoreFailure:
         """Distinct user parts of live `active-user` members ending with the realm (SPEC 2.4)."""
@@ -236,6 +235,8 @@ class Registrar:
 
     @staticmethod
     def _log_decision(request: RegisterReceived, decision: Decision) -> None:
+        if not log.isEnabledFor(logging.DEBUG) and not log.isEnabledFor(logging.INFO):
+            return
         routine = all(isinstance(f, RegisterChallenged | RegistrationRefreshed) for f in decision.facts)
         level = logging.DEBUG if routine else logging.INFO
         if not log.isEnabledFor(level):
