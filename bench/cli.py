@@ -33,8 +33,8 @@ from bench.report import git_commit, last_line, step_line, summary, write_result
 from bench.sidecar import SIDECAR, Layout, RunningService, start_service, start_webhook, webhook_counts
 from bench.sipp import MAX_RUN_S, Sipp
 
-REGISTER_RATES = (200, 400, 800, 1200, 1600, 2400, 3200, 4800, 6400)
-OPTIONS_RATES = (1000, 2000, 5000, 10000, 20000, 30000, 40000)
+REGISTER_RATES = (200, 400, 800, 1200, 1600, 2000, 2400, 3200, 4800, 6400)
+OPTIONS_RATES = (1000, 2000, 5000, 10000, 20000, 30000, 40000, 50000, 60000)
 SMOKE = {"register": (20, 3.0), "options": (200, 2.0)}
 
 

@@ -12,6 +12,7 @@ from events import DigestCredentials, OptionsReceived, RegisterReceived, stamp
 from ingest.fronts.front import TransportFacts
 from ingest.sip import SipParseError, SipRequest
 from ingest.sip.digest import parse_digest_credentials_jambonz
+from ingest.sip.keepalive import HEARTBEAT_HEADERS
 from ingest.sip.uri import parse_uri
 
 # Headers never copied onto a stream: they carry credentials.
@@ -133,7 +134,7 @@ def register_received(request: SipRequest, facts: TransportFacts, reply_to: str)
 def is_heartbeat(request: SipRequest) -> bool:
     """An OPTIONS from a feature server or RTP server (SPEC 3); other OPTIONS are keep-alives."""
     headers = request.headers
-    return headers.get("x-fs-status") is not None or headers.get("x-rtp-status") is not None
+    return any(headers.get(name) is not None for name in HEARTBEAT_HEADERS)
 
 
 def options_received(request: SipRequest, facts: TransportFacts, reply_to: str) -> OptionsReceived:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio import Redis
@@ -22,6 +22,8 @@ from runtime.errors import StoreUnavailable
 from runtime.redis_scripts import Script
 from runtime.resp import LinkSettings, RespLink
 from runtime.settings import EventLogSettings
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class EventLog:
         self._link = RespLink(link) if link is not None else None
         self._readers: list[StreamReader] = []
         self._local: dict[str, Callable[[Event], None]] = {}
-        self._trims: dict[str, tuple[str, str, int | str]] = {}  # stream -> how its appends trim
+        self._maxlens: dict[str, int | None] = {}  # stream -> MAXLEN of its appends (None: trimmed by age)
         self._min_id_value = ""
         self._min_id_until = 0.0
 
@@ -180,21 +182,19 @@ class EventLog:
     def xadd_command(self, stream: str, event: Event) -> list[object]:
         """The XADD for one event, trimmed by age (replies streams: by length)."""
         type_name, version, data = self.codec.encode_fields(event)
-        trim = self._trims.get(stream)
-        if trim is None:
-            if self.names.is_replies(stream):
-                trim = ("MAXLEN", "~", self.settings.replies_maxlen)
-            else:
-                trim = ("MINID", "~", "")
-            if len(self._trims) < 1024:
-                self._trims[stream] = trim
-        limit = trim[2] if trim[0] == "MAXLEN" else self._min_id()
+        if stream in self._maxlens:
+            maxlen = self._maxlens[stream]
+        else:
+            maxlen = self.settings.replies_maxlen if self.names.is_replies(stream) else None
+            if len(self._maxlens) < 1024:
+                self._maxlens[stream] = maxlen
+        trim = ("MINID", self._min_id()) if maxlen is None else ("MAXLEN", maxlen)
         return [
             "XADD",
             stream,
             trim[0],
             "~",
-            limit,
+            trim[1],
             "*",
             FIELD_TYPE,
             type_name,
@@ -297,7 +297,7 @@ class Appender:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
-    def submit(self, stream: str, event: Event, waiter: asyncio.Future[Any]) -> None:
+    def submit(self, stream: str, event: Event, waiter: asyncio.Future[T]) -> None:
         """Queues the append of `event`; `waiter` gets the exception if it fails, and is left alone otherwise.
 
         An event that cannot be encoded raises here, alone.

@@ -8,22 +8,26 @@ send; for anything unusual it returns None and the full path decides, with all i
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 
 from ingest.sip.errors import SipParseError
 from ingest.sip.headers import MAX_CSEQ, Via
+from ingest.sip.message import REQUIRED_REQUEST_HEADERS
 from ingest.sip.parser import DEFAULT_MAX_HEADERS, header_name
+from ingest.sip.response import COPIED_HEADERS
 from ingest.sip.syntax import TOKEN_CHARS, Params
+from ingest.sip.tags import stateless_to_tag
 
-__all__ = ["answer_plain_options", "stateless_to_tag"]
+__all__ = ["HEARTBEAT_HEADERS", "answer_plain_options"]
 
 _START = "OPTIONS "
 _END = " SIP/2.0"
-_COPIED = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))  # what make_response copies
-_REQUIRED = frozenset(("via", "from", "to", "call-id", "cseq"))
-_HEARTBEAT_KEYS = frozenset(("x-fs-status", "x-rtp-status"))  # they make an OPTIONS a heartbeat (is_heartbeat)
+# An OPTIONS with one of these is a feature or RTP server's heartbeat (SPEC 3), decided by a processor.
+HEARTBEAT_HEADERS = ("x-fs-status", "x-rtp-status")
+_COPIED = frozenset(COPIED_HEADERS)
+_REQUIRED = frozenset(("via", *REQUIRED_REQUEST_HEADERS))
+_HEARTBEAT_KEYS = frozenset(HEARTBEAT_HEADERS)
 _PLAIN_CSEQ = re.compile(r"([0-9]{1,10}) OPTIONS")
 _MAX_PORT = 65535
 
@@ -44,15 +48,6 @@ _CANONICAL_VIA = re.compile(
     rf"SIP/2\.0/([{_UPPER_TOKEN}]+) ([A-Za-z0-9._-]+)(?::(0|[1-9][0-9]{{0,4}}))?"
     rf"((?:;[{_LOWER_TOKEN}]+(?:=[{_TOKEN}:\[\]]+)?)*)"
 )
-
-
-def stateless_to_tag(tag_key: bytes, via: str, call_id: str, from_value: str, cseq: str) -> str:
-    """The To tag of a stateless answer: a keyed hash of the request's identity (RFC 3261 8.2.7).
-
-    A retransmission of the same request gets the same tag, with no state kept between the two.
-    """
-    identity = f"{via}|{call_id}|{from_value}|{cseq}"
-    return hashlib.blake2s(identity.encode(errors="surrogateescape"), key=tag_key, digest_size=5).hexdigest()
 
 
 def answer_plain_options(

@@ -21,6 +21,7 @@ from ingest.sip.uri import NameAddr, parse_name_addr
 
 __all__ = [
     "COMPACT_FORMS",
+    "REQUIRED_REQUEST_HEADERS",
     "Headers",
     "SipMessage",
     "SipRequest",
@@ -63,6 +64,10 @@ _CANONICAL_SPELLING = {
         "Timestamp", "To", "User-Agent", "Via", "WWW-Authenticate",
     )
 }  # fmt: skip
+
+
+# Without these a request is answered 400 (Via aside: without it no answer can be addressed at all).
+REQUIRED_REQUEST_HEADERS = ("call-id", "cseq", "from", "to")
 
 
 def header_key(name: str) -> str:

@@ -10,10 +10,10 @@ from ingest.sip.message import Headers, SipRequest, SipResponse
 from ingest.sip.syntax import is_token
 from ingest.sip.uri import parse_name_addr
 
-__all__ = ["REASON_PHRASES", "make_response"]
+__all__ = ["COPIED_HEADERS", "REASON_PHRASES", "make_response"]
 
 # Copied from the request in this order (RFC 3261 8.2.6.1-2); Timestamp is echoed without a delay value.
-_COPIED = ("via", "from", "to", "call-id", "cseq", "timestamp")
+COPIED_HEADERS = ("via", "from", "to", "call-id", "cseq", "timestamp")
 
 
 def make_response(
@@ -36,7 +36,7 @@ def make_response(
         raise ValueError(f"not a SIP status code: {status}")
     if to_tag is not None and not is_token(to_tag):
         raise ValueError(f"To tag is not a token: {to_tag!r}")
-    fields = [field for field in request.headers.fields() if field[0] in _COPIED]
+    fields = [field for field in request.headers.fields() if field[0] in COPIED_HEADERS]
     if not any(field[0] == "via" for field in fields):
         raise SipParseError("request without Via cannot be answered")
     if to_tag is not None:

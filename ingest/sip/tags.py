@@ -7,6 +7,7 @@ the kernel for 5 bytes per answer cost a `getrandom` call per SIP transaction, a
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 _POOL_BYTES = 4096
@@ -37,3 +38,12 @@ def random_hex(size: int) -> str:
         start = 0
     pool.position = start + size
     return pool.data[start : start + size].hex()
+
+
+def stateless_to_tag(tag_key: bytes, via: str, call_id: str, from_value: str, cseq: str) -> str:
+    """The To tag of a stateless answer: a keyed hash of the request's identity (RFC 3261 8.2.7).
+
+    A retransmission of the same request gets the same tag, with no state kept between the two.
+    """
+    identity = f"{via}|{call_id}|{from_value}|{cseq}"
+    return hashlib.blake2s(identity.encode(errors="surrogateescape"), key=tag_key, digest_size=5).hexdigest()

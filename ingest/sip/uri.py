@@ -140,7 +140,7 @@ class NameAddr:
 # gives the same result for these shapes (tests/unit/test_sip_properties.py checks the two agree).
 _USER_CLASS = "".join(re.escape(c) for c in map(chr, range(0x21, 0x7F)) if c not in '<>"@[]:')
 _SIMPLE_SIP_URI = re.compile(
-    rf"((?i:sips?)):(?:([{_USER_CLASS}]+)@)?([A-Za-z0-9._\-]+)(?::([0-9]{{1,5}}))?((?:;[^?@]*)?)"
+    rf"([sS][iI][pP][sS]?):(?:([{_USER_CLASS}]+)@)?([A-Za-z0-9._\-]+)(?::([0-9]{{1,5}}))?((?:;[^?@]*)?)"
 )
 
 

@@ -131,7 +131,7 @@ class Facts:
     client: Client | Absent | StoreFailure | None = None
 
     def having(self, **gathered: object) -> Facts:
-        """A copy with more facts gathered (`dataclasses.replace` without its per-call field inspection)."""
+        """A copy with more facts gathered."""
         values = {name: getattr(self, name) for name in _FACT_NAMES}
         values.update(gathered)
         return Facts(**values)  # type: ignore[arg-type]

@@ -235,7 +235,7 @@ class Registrar:
 
     @staticmethod
     def _log_decision(request: RegisterReceived, decision: Decision) -> None:
-        if not log.isEnabledFor(logging.DEBUG) and not log.isEnabledFor(logging.INFO):
+        if not log.isEnabledFor(logging.INFO):  # (DEBUG on implies INFO on)
             return
         routine = all(isinstance(f, RegisterChallenged | RegistrationRefreshed) for f in decision.facts)
         level = logging.DEBUG if routine else logging.INFO

@@ -347,7 +347,8 @@ def test_stream_framer_on_noise(noise: bytes, chunk: int) -> None:
 
 _URI_PIECES = st.sampled_from(
     [
-        "sip:", "sips:", "SIP:", "tel:", "u000123", "alice", "+1555", "%20", "@", "@@", ":", "pw", "host.example",
+        "sip:", "sips:", "SIP:", "tel:", "ſip:", "sıp:", "SİP:",
+        "u000123", "alice", "+1555", "%20", "@", "@@", ":", "pw", "host.example",
         "10.0.0.1", "[2001:db8::1]", ":5060", ":0", ":65536", ":99999", ":05060", ";transport=udp", ";lr", ";=x",
         ";a=b c", ";x=\"q\"", "?h=v", "?", "&", "<", ">", " ", "\t", "é", "_", "-", ".", ";", "=", ",",
     ]

@@ -12,14 +12,14 @@ from typing import Any
 from ingest.fronts.front import RequestHandler, TransportFacts
 from ingest.fronts.native.transactions import ServerTransaction, TransactionTable
 from ingest.sip import SipParseError, SipRequest, SipResponse, make_response, parse_message
-from ingest.sip.keepalive import answer_plain_options, stateless_to_tag
-from ingest.sip.tags import random_hex
+from ingest.sip.keepalive import answer_plain_options
+from ingest.sip.message import REQUIRED_REQUEST_HEADERS
+from ingest.sip.tags import random_hex, stateless_to_tag
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[bytes], None]
 RFC3261_COOKIE = "z9hG4bK"
-REQUIRED_HEADERS = ("call-id", "cseq", "from", "to")
 
 
 @dataclass(slots=True)
@@ -171,7 +171,7 @@ class Dispatcher:
     def _answered_keepalive(self, data: bytes, source: tuple[str, int], send: Send) -> bool:
         """Answers a plain OPTIONS keep-alive from its bytes when the handler takes such keep-alives.
 
-        Exactly the answer the full path would send, at a fraction of its cost; anything unusual is left to
+        Exactly the answer the full path would send, built from the bytes; anything unusual is left to
         the full path (False), as is everything while draining.
         """
         answer_keepalive = getattr(self.handler, "answer_keepalive", None)
@@ -205,7 +205,9 @@ class Dispatcher:
             message.top_via = via  # RFC 3581: the answer names the real source
         facts = TransportFacts(source[0], source[1], transport, self.sbc_address, self.private_sbc_address)
         headers = message.headers
-        missing = [name for name in REQUIRED_HEADERS if headers.get(name) is None]  # (builds the lookup index once)
+        missing = [
+            name for name in REQUIRED_REQUEST_HEADERS if headers.get(name) is None
+        ]  # (builds the lookup index once)
         problem = f"Missing {missing[0]} header" if missing else self._check(message)
         if problem is not None:
             self.stats.bad_requests += 1
