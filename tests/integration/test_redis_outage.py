@@ -71,6 +71,20 @@ async def until_up(port: int) -> None:
         await client.aclose()
 
 
+def own_eventlog(port: int, cluster_id: str, **settings: int) -> tuple[Redis, StreamNames, EventLog]:
+    """A client, the stream names and an event log (with its lean link) on this test's own Redis."""
+    redis = Redis(host="127.0.0.1", port=port)
+    names = StreamNames(cluster_id)
+    log = EventLog(
+        redis,
+        default_codec(),
+        names,
+        EventLogSettings(cluster_id=cluster_id, **settings),
+        LinkSettings("127.0.0.1", port),
+    )
+    return redis, names, log
+
+
 def challenged(i: int) -> RegisterChallenged:
     return RegisterChallenged(
         **stamp(), aor=f"u{i}@x", realm="x", nonce="n", source_ip="1.1.1.1", source_port=i, call_id=f"c{i}"
@@ -79,15 +93,7 @@ def challenged(i: int) -> RegisterChallenged:
 
 async def test_appends_fail_clearly_while_redis_is_down_and_recover_after(own_redis: OwnRedis) -> None:
     await until_up(own_redis.port)
-    redis = Redis(host="127.0.0.1", port=own_redis.port)
-    names = StreamNames("outage")
-    log = EventLog(
-        redis,
-        default_codec(),
-        names,
-        EventLogSettings(cluster_id="outage", block_ms=50, claim_idle_ms=200),
-        LinkSettings("127.0.0.1", own_redis.port),
-    )
+    redis, names, log = own_eventlog(own_redis.port, "outage", block_ms=50, claim_idle_ms=200)
     try:
         assert len(await log.append(names.requests, [challenged(1)])) == 1
         own_redis.stop()
@@ -134,11 +140,7 @@ async def test_a_commit_never_applies_partly_when_redis_forgot_its_scripts(own_r
     from runtime.redis_scripts import Script
 
     await until_up(own_redis.port)
-    redis = Redis(host="127.0.0.1", port=own_redis.port)
-    names = StreamNames("scripts")
-    log = EventLog(
-        redis, default_codec(), names, EventLogSettings(cluster_id="scripts"), LinkSettings("127.0.0.1", own_redis.port)
-    )
+    redis, _, log = own_eventlog(own_redis.port, "scripts")
     script = Script("test-incr", "return redis.call('INCRBY', KEYS[1], ARGV[1])")
     try:
         await log.commit([script.command(("n",), (2,)), ("SET", "acked", "1")], [script])
@@ -172,15 +174,7 @@ async def test_a_request_that_cannot_be_recorded_is_answered_500_and_nothing_wai
     from tests.unit import sip_samples as samples
 
     await until_up(own_redis.port)
-    redis = Redis(host="127.0.0.1", port=own_redis.port)
-    names = StreamNames("unrecorded")
-    log = EventLog(
-        redis,
-        default_codec(),
-        names,
-        EventLogSettings(cluster_id="unrecorded"),
-        LinkSettings("127.0.0.1", own_redis.port),
-    )
+    redis, names, log = own_eventlog(own_redis.port, "unrecorded")
     replies = ReplyRouter(redis, log.blocking_reader(), default_codec(), names.replies("i1"))
     ingest = Ingest(Appender(log), replies, names.requests, "i1", reply_timeout_s=5)
     try:
