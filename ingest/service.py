@@ -151,6 +151,8 @@ class Ingest:
             return
         finally:
             timer.cancel()
+            if waiter.cancelled():  # the request's task was cancelled (a stop's drain): nothing waits any more
+                self.replies.forget(event.correlation_id)
         await request.respond(reply.status, reply.reason, reply.headers)
 
     async def _store_failed(self, request: IncomingRequest, event: Event, exc: Exception) -> None:

@@ -118,3 +118,37 @@ def test_heartbeat_options() -> None:
     assert (event.fs_status, event.fs_service_url, event.rtp_status) == ("open", "http://10.0.0.20:3000", None)
     plain = request(text.replace("X-FS-Status: open\n", "").replace("X-FS-ServiceUrl: http://10.0.0.20:3000\n", ""))
     assert not is_heartbeat(plain)
+
+
+async def test_a_cancelled_request_leaves_no_waiter_behind() -> None:
+    """A stop's drain cancels requests still waiting for a decision; their waiters must go with them."""
+    import asyncio
+
+    from ingest.fronts.front import TransportFacts
+    from ingest.replies import ReplyRouter
+    from ingest.service import Ingest
+    from ingest.sip import parse_message
+    from tests.unit import sip_samples as samples
+
+    class SilentAppender:
+        """Takes every append and never fails it: the decision simply never comes."""
+
+        def submit(self, stream: str, event: object, waiter: object) -> None:
+            pass
+
+    class Request:
+        message = parse_message(samples.SIPP_REGISTER)
+        facts = TransportFacts("10.0.0.9", 5062, "udp", "10.0.0.1:5060")
+
+        async def respond(self, *answer: object) -> None:
+            raise AssertionError("a cancelled request is not answered")
+
+    replies = ReplyRouter(None, None, None, "replies:i1")  # type: ignore[arg-type]  # only its waiters are used
+    ingest = Ingest(SilentAppender(), replies, "requests", "i1", reply_timeout_s=30)  # type: ignore[arg-type]
+    task = asyncio.create_task(ingest(Request()))  # type: ignore[arg-type]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert replies.waiting == 1
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert replies.waiting == 0
