@@ -152,23 +152,36 @@ def describe_step(step: dict[str, object]) -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def story_order(step: dict[str, object]) -> tuple[int, int, str, str]:
-    """Oldest first, and never a decision before its request.
-
-    Ingest stamps a request to the microsecond, the registrar its decisions to the whole millisecond
-    (`now_ms`), so a 401 decided within the request's millisecond carries an earlier time than the
-    request. Steps are therefore ordered by millisecond first, requests before decisions within one.
-    """
+def _moment(step: dict[str, object]) -> tuple[int, int, str]:
     at = datetime.fromisoformat(str(step["at"]))
     is_decision = 0 if step["type"] == "RegisterReceived" else 1
-    return (at - _EPOCH) // timedelta(milliseconds=1), is_decision, str(step["at"]), str(step["id"])
+    return (at - _EPOCH) // timedelta(milliseconds=1), is_decision, str(step["at"])
+
+
+def in_story_order(steps: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Oldest first, every decision right after the request it answers.
+
+    Ingest stamps a request to the microsecond, the registrar its decisions to the whole millisecond
+    (`now_ms`), so a 401 can carry an earlier time than its request, and the phone's next REGISTER can
+    arrive within the millisecond of that 401. Steps are therefore kept together by correlation id (a
+    request and its decisions share one), each transaction placed by its first moment (millisecond,
+    requests before decisions, exact time), and within one the request comes first.
+    """
+    starts: dict[object, tuple[int, int, str]] = {}
+    for step in steps:
+        moment = _moment(step)
+        key = step.get("correlation_id") or step["id"]
+        starts[key] = min(starts.get(key, moment), moment)
+
+    def order(step: dict[str, object]) -> tuple[tuple[int, int, str], tuple[int, int, str], str]:
+        return starts[step.get("correlation_id") or step["id"]], _moment(step), str(step["id"])
+
+    return sorted(steps, key=order)
 
 
 async def load_history(redis: object, names: StreamNames, aor: str) -> list[dict[str, object]]:
     raw = await redis.zrange(names.history(aor), 0, -1)  # type: ignore[attr-defined]
-    steps = [json.loads(item) for item in raw]
-    steps.sort(key=story_order)
-    return steps
+    return in_story_order([json.loads(item) for item in raw])
 
 
 async def print_history(settings: Settings, aor: str, *, as_json: bool) -> int:

@@ -36,6 +36,11 @@ def cmd_version(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from runtime.compiled import stale_modules
+
+    stale = stale_modules()  # before anything imports them: an old build would run instead of the source
+    if stale:
+        raise ConfigError("compiled modules", f"older than their source: {', '.join(stale)}; run scripts/compile.py")
     from runtime import app, logs
     from runtime.settings import Settings
 

@@ -33,5 +33,9 @@ stamp=".venv/.installed${extra}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${extra}"
+  # mypyc (from mypy) and a setuptools that reads this pyproject compile the hot path (runtime/compiled.py)
+  .venv/bin/python -m pip install -q "setuptools>=77" "mypy>=1.10"
   touch "$stamp"
 fi
+# The hot-path modules compiled in place (a no-op when up to date); without a C compiler the source runs.
+.venv/bin/python scripts/compile.py || echo "venv.sh: compiling the hot path failed; running it as Python" >&2

@@ -10,10 +10,15 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from events import StreamNames, default_codec
-from runtime.eventlog import EventLog
-from runtime.resp import LinkSettings
-from runtime.settings import EventLogSettings
+from runtime.compiled import stale_modules
+
+if stale_modules():  # checked before any test imports them: an old build would shadow the edited source
+    pytest.exit(f"compiled modules older than their source: {', '.join(stale_modules())}; run scripts/compile.py", 4)
+
+from events import StreamNames, default_codec  # noqa: E402
+from runtime.eventlog import EventLog  # noqa: E402
+from runtime.resp import LinkSettings  # noqa: E402
+from runtime.settings import EventLogSettings  # noqa: E402
 
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))

@@ -112,9 +112,8 @@ class Headers:
     @classmethod
     def from_parsed(cls, fields: list[tuple[str, str, str]]) -> Headers:
         """Wrap ``(key, name, value)`` triples the parser has already validated (no copy, no checks)."""
-        headers = cls.__new__(cls)
+        headers = cls()
         headers._fields = fields
-        headers._first = None
         return headers
 
     def changed(self) -> None:
