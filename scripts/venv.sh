@@ -33,9 +33,11 @@ stamp=".venv/.installed${extra}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${extra}"
-  # mypyc (from mypy) and a setuptools that reads this pyproject compile the hot path (runtime/compiled.py)
-  .venv/bin/python -m pip install -q "setuptools>=77" "mypy>=1.10"
   touch "$stamp"
+fi
+# mypyc (from mypy) and setuptools compile the hot path (runtime/compiled.py); an older venv may lack them
+if ! .venv/bin/python -c 'import mypyc.build, setuptools' 2>/dev/null; then
+  .venv/bin/python -m pip install -q "setuptools>=77" "mypy>=1.10"
 fi
 # The hot-path modules compiled in place (a no-op when up to date); without a C compiler the source runs.
 .venv/bin/python scripts/compile.py || echo "venv.sh: compiling the hot path failed; running it as Python" >&2
