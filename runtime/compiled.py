@@ -33,15 +33,30 @@ def _built(source: Path) -> list[Path]:
     return [stem.with_name(stem.name + suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES]
 
 
+PACKAGES = ("events", "ingest", "processors", "projections", "runtime")
+GROUP_LIBRARY = "ingest/compiled__mypyc"  # mypyc's shared runtime of the group, beside the modules
+
+
 def stale_modules(root: Path = ROOT) -> list[str]:
-    """Compiled modules whose source changed after the build (a missing build is not stale: the source runs)."""
+    """Builds that must not be imported: older than their source, or of a module no longer compiled.
+
+    A missing build is not stale: the source runs.
+    """
     stale = []
     for name in COMPILED_MODULES:
         source = root / name
         for built in _built(source):
             if built.exists() and built.stat().st_mtime < source.stat().st_mtime:
                 stale.append(name)
-    return stale
+    return stale + [str(path.relative_to(root)) for path in orphan_builds(root)]
+
+
+def orphan_builds(root: Path = ROOT) -> list[Path]:
+    """Extension modules in the project's packages that are neither a listed module's build nor the group's."""
+    expected = {built for name in (*COMPILED_MODULES, GROUP_LIBRARY + ".py") for built in _built(root / name)}
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    found = {path for package in PACKAGES for path in (root / package).rglob("*.so") if path.name.endswith(suffixes)}
+    return sorted(found - expected)
 
 
 def compiled_modules(root: Path = ROOT) -> list[str]:

@@ -13,18 +13,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.compiled import COMPILED_MODULES, compiled_modules, stale_modules  # noqa: E402
+from runtime.compiled import (  # noqa: E402
+    COMPILED_MODULES,
+    GROUP_LIBRARY,
+    compiled_modules,
+    orphan_builds,
+    stale_modules,
+)
 
 
 def main() -> int:
     force = "--force" in sys.argv[1:]
+    for orphan in orphan_builds():  # a module taken off the list must run from its source again
+        orphan.unlink()
     if not force and not stale_modules() and len(compiled_modules()) == len(COMPILED_MODULES):
         return 0
     from mypyc.build import mypycify
     from setuptools import Distribution
 
     os.chdir(ROOT)
-    extensions = mypycify(list(COMPILED_MODULES), opt_level="3", group_name="ingest.compiled")
+    group = GROUP_LIBRARY.replace("/", ".").removesuffix("__mypyc")  # mypyc appends the suffix itself
+    extensions = mypycify(list(COMPILED_MODULES), opt_level="3", group_name=group)
     distribution = Distribution({"name": "sbc-sidecar-compiled", "ext_modules": extensions})
     command = distribution.get_command_obj("build_ext")
     command.inplace = True  # type: ignore[attr-defined]

@@ -49,3 +49,13 @@ def test_the_service_refuses_to_start_on_a_stale_build(monkeypatch: object, caps
     monkeypatch.setattr(runtime.compiled, "stale_modules", lambda: ["ingest/sip/uri.py"])  # type: ignore[attr-defined]
     assert main(["run"], env={}) == EXIT_CONFIG
     assert "ingest/sip/uri.py" in capsys.readouterr().err  # type: ignore[attr-defined]
+
+
+def test_a_build_of_a_module_no_longer_compiled_is_reported(tmp_path: Path) -> None:
+    root = tree(tmp_path, built=True, built_at=2_000_000, source_at=1_000_000)
+    group = root / "ingest" / ("compiled__mypyc" + SUFFIX)
+    group.write_bytes(b"")
+    orphan = root / "ingest" / "fronts" / ("dispatch" + SUFFIX)
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"")
+    assert stale_modules(root) == ["ingest/fronts/dispatch" + SUFFIX]
