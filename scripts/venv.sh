@@ -30,6 +30,9 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 stamp=".venv/.installed${extra}"
+if [ -z "$extra" ] && [ -f ".venv/.installed[test]" ] && [ ! pyproject.toml -nt ".venv/.installed[test]" ]; then
+  stamp=".venv/.installed[test]"  # the test install holds everything the plain one has
+fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${extra}"
