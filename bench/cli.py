@@ -32,6 +32,7 @@ from bench.profiler import recorder, top_costs
 from bench.report import git_commit, last_line, step_line, summary, write_results
 from bench.sidecar import SIDECAR, Layout, RunningService, start_service, start_webhook, webhook_counts
 from bench.sipp import MAX_RUN_S, Sipp
+from runtime.compiled import compiled_modules
 
 REGISTER_RATES = (200, 400, 800, 1200, 1600, 2000, 2400, 3200, 4800, 6400)
 OPTIONS_RATES = (1000, 2000, 5000, 10000, 20000, 30000, 40000, 50000, 60000)
@@ -237,6 +238,8 @@ class BenchRun:
             "summary": numbers,
             "mode": self.layout.mode,
             "sidecar": self.layout.command,
+            # which modules of this checkout ran compiled (meaningless for a --sidecar of another tree)
+            "compiled_modules": compiled_modules(),
             "split": self.layout.split,
             "processors": self.layout.processors if self.layout.split else None,
             "smoke": self.args.smoke,

@@ -173,8 +173,9 @@ def in_story_order(steps: list[dict[str, object]]) -> list[dict[str, object]]:
         key = step.get("correlation_id") or step["id"]
         starts[key] = min(starts.get(key, moment), moment)
 
-    def order(step: dict[str, object]) -> tuple[tuple[int, int, str], tuple[int, int, str], str]:
-        return starts[step.get("correlation_id") or step["id"]], _moment(step), str(step["id"])
+    def order(step: dict[str, object]) -> tuple[tuple[int, int, str], int, tuple[int, int, str], str]:
+        moment = _moment(step)
+        return starts[step.get("correlation_id") or step["id"]], moment[1], moment, str(step["id"])
 
     return sorted(steps, key=order)
 

@@ -40,7 +40,8 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     stale = stale_modules()  # before anything imports them: an old build would run instead of the source
     if stale:
-        raise ConfigError("compiled modules", f"older than their source: {', '.join(stale)}; run scripts/compile.py")
+        fix = "run scripts/compile.py"
+        raise ConfigError("compiled modules", f"not built from the source beside them: {', '.join(stale)}; {fix}")
     from runtime import app, logs
     from runtime.settings import Settings
 

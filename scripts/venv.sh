@@ -42,5 +42,13 @@ fi
 if ! .venv/bin/python -c 'import mypyc.build, setuptools' 2>/dev/null; then
   .venv/bin/python -m pip install -q "setuptools>=77" "mypy>=1.10"
 fi
-# The hot-path modules compiled in place (a no-op when up to date); without a C compiler the source runs.
-.venv/bin/python scripts/compile.py || echo "venv.sh: compiling the hot path failed; running it as Python" >&2
+# The hot-path modules compiled in place (a no-op when up to date). Debian's compiler and headers are added
+# for Debian's interpreter when missing; without them the source runs (compile.py says so in one line).
+if [ "$python" = /usr/bin/python3.11 ] && command -v apt-get >/dev/null \
+  && { ! command -v gcc >/dev/null || [ ! -f /usr/include/python3.11/Python.h ]; }; then
+  export DEBIAN_FRONTEND=noninteractive
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -qq gcc python3.11-dev >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq gcc python3.11-dev >/dev/null 2>&1; } || true
+fi
+.venv/bin/python scripts/compile.py || true

@@ -13,7 +13,8 @@ from redis.asyncio import Redis
 from runtime.compiled import stale_modules
 
 if stale_modules():  # checked before any test imports them: an old build would shadow the edited source
-    pytest.exit(f"compiled modules older than their source: {', '.join(stale_modules())}; run scripts/compile.py", 4)
+    STALE = ", ".join(stale_modules())
+    pytest.exit(f"compiled modules not built from the source beside them: {STALE}; run scripts/compile.py", 4)
 
 from events import StreamNames, default_codec  # noqa: E402
 from runtime.eventlog import EventLog  # noqa: E402

@@ -27,3 +27,10 @@ def test_steps_of_different_transactions_keep_time_order() -> None:
     late = step("1-1", "RegisterReceived", "002000", "y")  # a second phone's request between the two
     late_answer = step("2-1", "RegisterChallenged", "004000", "y")
     assert in_story_order([late_answer, late, early_answer, early]) == [early, early_answer, late, late_answer]
+
+
+def test_a_request_comes_before_its_decision_even_when_the_decision_is_stamped_earlier() -> None:
+    # A registrar on another host, or a clock stepped back: the 401 carries a time before its request's.
+    request = step("1-0", "RegisterReceived", "010100", "a")
+    challenge = step("2-0", "RegisterChallenged", "009000", "a")
+    assert in_story_order([challenge, request]) == [request, challenge]
