@@ -60,6 +60,8 @@ class _Batch:
 class Consumer:
     """Runs one handler for one consumer group over one or more streams until `stop()`."""
 
+    REMEMBERED_FAILURES = 10_000  # last errors kept in memory (the failures hash in Redis keeps them all)
+
     def __init__(
         self,
         eventlog: EventLog,
@@ -188,22 +190,24 @@ class Consumer:
         self.stats.claimed += len(claimed)
         log.info("re-claimed entries group=%s count=%d", self.group, len(claimed))
         over = [_key(s, e[0]) for s, e in claimed if counts.get(_key(s, e[0]), 1) > self.max_deliveries]
+        errors: dict[str, str] = {}  # the last error of each entry about to go dead, as any consumer recorded it
         if over:
-            errors = await redis.hmget(self._failures_key, over)
-            for key, error in zip(over, errors, strict=True):
-                if error is not None:
-                    self._failures[key] = _text(error)
-        return self._as_batch(claimed, counts)
+            recorded = await redis.hmget(self._failures_key, over)
+            errors = {key: _text(error) for key, error in zip(over, recorded, strict=True) if error is not None}
+        return self._as_batch(claimed, counts, errors)
 
-    def _as_batch(self, entries: Sequence[tuple[str, RawEntry]], counts: dict[str, int]) -> _Batch:
+    def _as_batch(
+        self, entries: Sequence[tuple[str, RawEntry]], counts: dict[str, int], errors: dict[str, str] | None = None
+    ) -> _Batch:
         batch = _Batch()
         decode = self.log.codec.decode
         for stream, entry in entries:
             entry_id = _text(entry[0])
             count = counts.get(_key(stream, entry_id), 1) if counts else 1  # counts: only for re-claimed entries
             if count > self.max_deliveries:
+                key = _key(stream, entry_id)
                 lost = "handler did not finish (consumer lost or timed out)"
-                error = self._failures.get(_key(stream, entry_id), lost)
+                error = (errors or {}).get(key) or self._failures.get(key, lost)
                 batch.dead.append(_Dead(stream, entry, f"gave up after {count - 1} deliveries: {error}", count - 1))
                 continue
             try:
@@ -241,8 +245,9 @@ class Consumer:
             if isinstance(result, BaseException):
                 failed += 1
                 key = _key(delivery.stream, delivery.entry_id)
-                self._failures[key] = f"{type(result).__name__}: {result}"
-                commands.append(("HSET", self._failures_key, key, self._failures[key]))
+                error = f"{type(result).__name__}: {result}"
+                self._remember_failure(key, error)
+                commands.append(("HSET", self._failures_key, key, error))
                 log.warning(
                     "handler failed group=%s id=%s type=%s delivery=%d error=%r",
                     self.group,
@@ -299,6 +304,17 @@ class Consumer:
         self.stats.committed += total - len(batch.dead)
         self.stats.dead += len(batch.dead)
         self.stats.failed += failed
+
+    def _remember_failure(self, key: str, error: str) -> None:
+        """Keeps the last error of an entry for its dead letter; the oldest is forgotten past the bound.
+
+        Forgetting loses nothing: every error is also in `<prefix>:failures:<group>`, read back when the
+        entry is claimed again. The bound matters when peers finish entries that failed here.
+        """
+        self._failures.pop(key, None)
+        self._failures[key] = error
+        if len(self._failures) > self.REMEMBERED_FAILURES:
+            del self._failures[next(iter(self._failures))]
 
     async def _sleep(self, seconds: float) -> None:
         try:

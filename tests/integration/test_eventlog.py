@@ -150,6 +150,26 @@ async def test_poison_entry_goes_dead_with_its_error_after_max_deliveries(
     assert await redis.xlen(names.registrations) == 4
 
 
+async def test_errors_forgotten_in_memory_still_reach_the_dead_letters(
+    eventlog: EventLog, names: StreamNames, redis: Redis
+):
+    await eventlog.append(names.requests, [challenged(i) for i in range(5)])
+    handler = Echo(names.registrations, fail_aors={f"u{i}@example.com" for i in range(5)})
+    consumer = Consumer(eventlog, names.requests, "g", handler)
+    consumer.REMEMBERED_FAILURES = 2  # type: ignore[misc]
+    await eventlog.ensure_group(names.requests, "g")
+    await drain(consumer)
+    deadline = time.monotonic() + 5
+    while await redis.xlen(names.dead) < 5 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        consumer._next_claim = 0
+        await consumer.run_once()
+        assert len(consumer._failures) <= 2
+    dead = await redis.xrange(names.dead)
+    errors = sorted(fields[b"dead_error"].decode() for _, fields in dead)
+    assert errors == [f"gave up after 3 deliveries: RuntimeError: cannot handle u{i}@example.com" for i in range(5)]
+
+
 async def test_undecodable_entry_goes_dead_at_once(eventlog: EventLog, names: StreamNames, redis: Redis):
     await eventlog.append(names.requests, [challenged(1)])
     await redis.xadd(names.requests, {"type": "RegisterChallenged", "v": "1", "data": b'{"aor": 3}'})
