@@ -93,12 +93,10 @@ def _parse_header_lines(lines: list[str], max_headers: int) -> list[tuple[str, s
                 fields[-1] = (key, name, f"{value} {more}" if value else more)
             continue
         raw_name, colon, value = line.partition(":")
-        known = _NAMES.get(raw_name)
-        if known is None:
-            if not colon:
-                raise SipParseError("header line without ':'")
-            known = _header_name(raw_name)
-        append((known[0], known[1], value.strip(" \t")))
+        if not colon:
+            raise SipParseError("header line without ':'")
+        key, name = header_name(raw_name)
+        append((key, name, value.strip(" \t")))
     if len(fields) > max_headers:
         raise SipParseError(f"more than {max_headers} headers")
     return fields

@@ -278,6 +278,13 @@ def test_max_message_size() -> None:
         parse_message(samples.SIPP_REGISTER.replace(b"SIPp\r\n", b"x" * 70000 + b"\r\n"))
 
 
+def test_a_header_line_without_a_colon_is_refused_even_when_it_names_a_known_header() -> None:
+    parse_message(samples.SIPP_REGISTER)  # its header names are known from here on
+    for line in (b"Via", b"Call-ID", b"X-Unknown-Name"):
+        with pytest.raises(SipParseError, match="without ':'"):
+            parse_message(samples.SIPP_REGISTER.replace(b"Max-Forwards", line + b"\r\nMax-Forwards", 1))
+
+
 def test_max_header_count() -> None:
     assert len(parse_message(samples.SIPP_REGISTER, max_headers=12).headers) == 12
     with pytest.raises(SipParseError, match="headers"):
