@@ -207,7 +207,7 @@ class Consumer:
             if count > self.max_deliveries:
                 key = _key(stream, entry_id)
                 lost = "handler did not finish (consumer lost or timed out)"
-                error = (errors or {}).get(key) or self._failures.get(key, lost)
+                error = (errors.get(key) if errors else None) or self._failures.get(key, lost)
                 batch.dead.append(_Dead(stream, entry, f"gave up after {count - 1} deliveries: {error}", count - 1))
                 continue
             try:

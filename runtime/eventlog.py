@@ -124,7 +124,6 @@ class EventLog:
         self._link = RespLink(link) if link is not None else None
         self._readers: list[StreamReader] = []
         self._local: dict[str, Callable[[Event], None]] = {}
-        self._maxlens: dict[str, int | None] = {}  # stream -> MAXLEN of its appends (None: trimmed by age)
         self._min_id_value = ""
         self._min_id_until = 0.0
 
@@ -182,19 +181,17 @@ class EventLog:
     def xadd_command(self, stream: str, event: Event) -> list[object]:
         """The XADD for one event, trimmed by age (replies streams: by length)."""
         type_name, version, data = self.codec.encode_fields(event)
-        if stream in self._maxlens:
-            maxlen = self._maxlens[stream]
+        limit: int | str
+        if self.names.is_replies(stream):
+            trim, limit = "MAXLEN", self.settings.replies_maxlen
         else:
-            maxlen = self.settings.replies_maxlen if self.names.is_replies(stream) else None
-            if len(self._maxlens) < 1024:
-                self._maxlens[stream] = maxlen
-        trim = ("MINID", self._min_id()) if maxlen is None else ("MAXLEN", maxlen)
+            trim, limit = "MINID", self._min_id()
         return [
             "XADD",
             stream,
-            trim[0],
+            trim,
             "~",
-            trim[1],
+            limit,
             "*",
             FIELD_TYPE,
             type_name,

@@ -126,11 +126,11 @@ _JAMBONZ_LOOKUPS = tuple((name, f"{name}=", pattern) for name, pattern in _JAMBO
 _JAMBONZ_TRAILING = {name: re.compile(f"{name}=({_JS_DOT}*)\\Z") for name in ("nc", "qop")}
 
 
-def _first_match(pattern: re.Pattern[str], value: str, name: str) -> re.Match[str] | None:
-    """``pattern.search(value)`` for a field pattern, tried only where ``name=`` occurs (a search would scan
-    every position with the leading character class; the leftmost occurrence that matches is the same match).
+def _first_match(pattern: re.Pattern[str], value: str, needle: str) -> re.Match[str] | None:
+    """``pattern.search(value)`` for a field pattern, tried only where its ``name=`` (`needle`) occurs (a search
+    would scan every position with the leading character class; the leftmost occurrence that matches is the
+    same match).
     """
-    needle = name + "="
     at = value.find(needle, 1)
     while at >= 0:
         match = pattern.match(value, at - 1)
@@ -156,9 +156,7 @@ def parse_digest_credentials_jambonz(value: str, *, require_mandatory: bool = Tr
     """
     fields = {"scheme": "digest"}
     for name, needle, pattern in _JAMBONZ_LOOKUPS:
-        if needle not in value:
-            continue  # the usual absent field (opaque): no match is possible without its name
-        match = _first_match(pattern, value, name)
+        match = _first_match(pattern, value, needle)
         if match:
             found = match.group(1)
             fields[name] = "" if found == '"' else found

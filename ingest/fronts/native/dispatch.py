@@ -205,9 +205,7 @@ class Dispatcher:
             message.top_via = via  # RFC 3581: the answer names the real source
         facts = TransportFacts(source[0], source[1], transport, self.sbc_address, self.private_sbc_address)
         headers = message.headers
-        missing = [
-            name for name in REQUIRED_REQUEST_HEADERS if headers.get(name) is None
-        ]  # (builds the lookup index once)
+        missing = [name for name in REQUIRED_REQUEST_HEADERS if headers.get(name) is None]
         problem = f"Missing {missing[0]} header" if missing else self._check(message)
         if problem is not None:
             self.stats.bad_requests += 1
