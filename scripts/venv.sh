@@ -10,6 +10,14 @@ cd "$(dirname "$0")/.."
 extra=""
 [ "${1:-}" = "test" ] && extra="[test]"
 
+# Debian packages, with sudo when not root; the package lists are refreshed only when an install fails.
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -qq "$@" >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
+}
+
 python="${SIDECAR_PYTHON:-}"
 if [ -z "$python" ]; then
   if [ -x /usr/bin/python3.11 ]; then python=/usr/bin/python3.11; else python=$(command -v python3); fi
@@ -22,10 +30,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   if ! "$python" -m venv .venv 2>/dev/null; then
     rm -rf .venv
-    export DEBIAN_FRONTEND=noninteractive
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get install -y -qq python3-venv >/dev/null 2>&1 \
-      || { $sudo apt-get update -qq && $sudo apt-get install -y -qq python3-venv >/dev/null; }
+    apt_install python3-venv
     "$python" -m venv .venv
   fi
 fi
@@ -46,9 +51,6 @@ fi
 # for Debian's interpreter when missing; without them the source runs (compile.py says so in one line).
 if [ "$python" = /usr/bin/python3.11 ] && command -v apt-get >/dev/null \
   && { ! command -v gcc >/dev/null || [ ! -f /usr/include/python3.11/Python.h ]; }; then
-  export DEBIAN_FRONTEND=noninteractive
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get install -y -qq gcc python3.11-dev >/dev/null 2>&1 \
-    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq gcc python3.11-dev >/dev/null 2>&1; } || true
+  apt_install gcc python3.11-dev 2>/dev/null || true
 fi
 .venv/bin/python scripts/compile.py || true
