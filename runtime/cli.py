@@ -7,12 +7,18 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from runtime.envfile import ENV_FILE_VARIABLE, with_env_file
 from runtime.errors import ConfigError
 
+if TYPE_CHECKING:
+    from runtime.settings import StreamSettings
+
 EXIT_CONFIG = 2
+EXIT_USAGE = 2
 
 
 def _version() -> str:
@@ -55,39 +61,74 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_db_init(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from runtime.database import init_database, mysql_settings_from_env
+    from runtime.database import DemoTenant, init_database, mysql_settings_from_env
 
     settings = mysql_settings_from_env(env)
-    secret = env.get("ENCRYPTION_SECRET") or env.get("JWT_SECRET") or ""
-    return _run_async(init_database(settings, demo=args.demo, encryption_secret=secret, webhook_url=args.webhook_url))
+    demo = None
+    if args.demo:
+        secret = (env.get("ENCRYPTION_SECRET") or env.get("JWT_SECRET") or "").strip()
+        if not secret:
+            raise ConfigError("ENCRYPTION_SECRET", "is required with --demo (it encrypts the demo client's password)")
+        legacy = bool((env.get("LEGACY_CRYPTO") or "").strip())
+        demo = DemoTenant(encryption_secret=secret, webhook_url=args.webhook_url, legacy_crypto=legacy)
+    return _run_async(init_database(settings, demo=demo))
 
 
 def cmd_events_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from runtime.inspect import tail_events
-    from runtime.settings import Settings
+    from runtime.inspect import TailFilter, parse_aor, parse_since, parse_types, tail_events
+    from runtime.settings import StreamSettings
 
-    settings = Settings.from_env(env)
-    return _run_async(tail_events(settings, streams=args.stream, from_start=args.from_start, limit=args.limit))
+    settings = StreamSettings.from_env(env)
+    where = TailFilter(
+        aor=parse_aor(args.aor) if args.aor else None,
+        types=parse_types(args.type or ()),
+        since_ms=parse_since(args.since, datetime.now(UTC)) if args.since else None,
+    )
+    tail = tail_events(settings, streams=args.stream, from_start=args.from_start, limit=args.limit, where=where)
+    return _run_async(tail)
 
 
 def cmd_history(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from projections.history import print_history
-    from runtime.settings import Settings
+    from runtime.inspect import print_history
+    from runtime.settings import StreamSettings
 
-    return _run_async(print_history(Settings.from_env(env), args.aor, as_json=args.json))
+    return _run_async(print_history(StreamSettings.from_env(env), args.aor, as_json=args.json))
 
 
 def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from projections.replay import replay
-    from runtime.settings import Settings
+    from runtime.settings import StreamSettings
 
-    return _run_async(replay(Settings.from_env(env), args.projection))
+    return _run_async(_replay(StreamSettings.from_env(env), args.projection))
+
+
+async def _replay(settings: StreamSettings, projection: str) -> int:
+    from events import StreamNames, default_codec
+    from projections.replay import replay_registrations
+    from runtime.connections import open_redis
+    from runtime.eventlog import EventLog
+
+    assert projection == "registrations"  # the parser's only choice
+    async with open_redis(settings.redis) as redis:
+        eventlog = EventLog(redis, default_codec(), StreamNames(settings.eventlog.cluster_id), settings.eventlog)
+        try:
+            result = await replay_registrations(eventlog)
+        finally:
+            eventlog.close()
+    print(f"replayed {result['events']} registration events; {result['bindings']} live bindings restored")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sbc-sidecar",
         description="jambonz SBC SIP sidecar (registrar, OPTIONS heartbeats), event-sourced over Redis Streams",
+    )
+    parser.add_argument(
+        "--env-file",
+        metavar="FILE",
+        default=None,
+        help=f"read settings from this NAME=value file (default: ${ENV_FILE_VARIABLE}); "
+        "variables set in the environment win over it. scripts/serve.sh writes .sidecar.env",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -102,11 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database set-up")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     init = db_commands.add_parser("init", help="create the jambonz tables the sidecar uses")
-    init.add_argument("--demo", action="store_true", help="also add a demo account, webhook and client")
+    init.add_argument(
+        "--demo",
+        action="store_true",
+        help="also add a demo account on sip.demo.local with a client demo / demo-password",
+    )
     init.add_argument(
         "--webhook-url",
-        default="http://127.0.0.1:4000/auth",
-        help="registration webhook url of the demo account",
+        default=None,
+        help="with --demo: check the demo account's passwords with this registration webhook "
+        "instead of the clients table",
     )
     init.set_defaults(func=cmd_db_init)
 
@@ -120,12 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream to follow (requests, registrations, servers, carriers, commands, dead); "
         "repeatable; default: all but replies",
     )
-    tail.add_argument("--from-start", action="store_true", help="print the retained history first")
+    tail.add_argument(
+        "--from-start", action="store_true", help="print the retained events first, all streams merged in time order"
+    )
+    tail.add_argument("--aor", default=None, help="only events about this AOR (user@host, sip:user@host, <sip:...>)")
+    tail.add_argument(
+        "--type", action="append", default=None, help="only events of this type (e.g. RegisterRejected); repeatable"
+    )
+    tail.add_argument(
+        "--since",
+        default=None,
+        help="start with the events appended since this time: a duration back from now (90s, 15m, 2h, 1d) "
+        "or an ISO 8601 time (UTC unless it names a zone)",
+    )
     tail.add_argument("--limit", type=int, default=None, help="stop after this many events")
     tail.set_defaults(func=cmd_events_tail)
 
     history = commands.add_parser("history", help="the story of one address of record, oldest first")
-    history.add_argument("aor", help="user@realm")
+    history.add_argument("aor", help="user@realm, sip:user@realm, sips:user@realm or <sip:user@realm>")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
     history.set_defaults(func=cmd_history)
 
@@ -153,13 +211,18 @@ def _extensions() -> list[Callable[[Any], None]]:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    from runtime.inspect import InspectError
+
     env = os.environ if env is None else env
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args, env))
+        return int(args.func(args, with_env_file(env, args.env_file)))
     except ConfigError as exc:
         print(f"sbc-sidecar: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except InspectError as exc:
+        print(f"sbc-sidecar: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

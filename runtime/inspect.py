@@ -1,20 +1,123 @@
-"""`sbc-sidecar events tail`: one line per event, as they arrive, with secrets left out."""
+"""`sbc-sidecar events tail` and `history`: the event log and the history projection, read from the CLI.
+
+Both read Redis only. Lines leave out secrets: digest responses and raw header maps are never printed.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import json
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from events import Event, StreamNames, default_codec
+from events import EVENT_TYPES, Event, EventCodec, StreamNames, default_codec
 from runtime.connections import open_redis
-from runtime.settings import Settings
+from runtime.settings import StreamSettings
 
 STREAM_KINDS = ("requests", "registrations", "servers", "carriers", "commands", "dead")
 # Fields never printed: digest responses and raw header maps may carry credentials.
 REDACTED_FIELDS = frozenset({"authorization", "headers"})
+EVENT_TYPE_NAMES = frozenset(event_type.TYPE for event_type in EVENT_TYPES)
+PAGE_SIZE = 500
+LAST_SEQUENCE = 2**64 - 1
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+Entry = tuple[str, str, dict[bytes, bytes]]  # stream kind, entry id, fields
+
+
+class InspectError(ValueError):
+    """A bad argument of an inspection command (an AOR, a time, a type); exit status 2."""
+
+
+def parse_aor(text: str) -> str:
+    """The AOR `user@host` of an address as users write it.
+
+    Accepts `user@host`, `sip:user@host`, `sips:user@host` and any of them in `<...>` (a display name
+    before it is ignored); URI parameters, headers and a port are dropped, as the registrar keys by
+    the To-URI's user and host.
+    """
+    address = text.strip()
+    if "<" in address:
+        inside = address[address.index("<") + 1 :]
+        if ">" not in inside:
+            raise InspectError(f"{text!r} opens '<' without closing it")
+        address = inside[: inside.index(">")].strip()
+    scheme, colon, rest = address.partition(":")
+    if colon and scheme.lower() in ("sip", "sips"):
+        address = rest
+    user, at, host = address.rpartition("@")
+    host = re.split(r"[;?]", host, maxsplit=1)[0]
+    if host.startswith("["):
+        host = host[: host.find("]") + 1] if "]" in host else host
+    else:
+        host = host.partition(":")[0]
+    if not at or not user or not host or any(c.isspace() for c in user + host):
+        raise InspectError(f"{text!r} is not an address of record; write user@host, sip:user@host or <sip:user@host>")
+    return f"{user}@{host}"
+
+
+def parse_since(text: str, now: datetime) -> int:
+    """A start time in Unix ms: a duration back from `now` (`90s`, `15m`, `2h`, `1d`) or an ISO 8601 time (UTC if
+    it names no zone)."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match:
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        return int((now - timedelta(seconds=seconds)).timestamp() * 1000)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        want = "a duration such as 15m, 2h, 1d or a time such as 2026-11-26T09:15"
+        raise InspectError(f"--since {text!r}: want {want}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_types(values: Iterable[str]) -> frozenset[str]:
+    """Event type names from repeated or comma-separated `--type` values, each checked against the catalogue."""
+    by_lower = {name.lower(): name for name in EVENT_TYPE_NAMES}
+    names = set()
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name = by_lower.get(part.lower())
+            if name is None:
+                choices = ", ".join(sorted(EVENT_TYPE_NAMES))
+                raise InspectError(f"--type {part!r} is no event type; choose from {choices}")
+            names.add(name)
+    return frozenset(names)
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as (ms, sequence), the order Redis gives entries."""
+    ms, _, sequence = entry_id.partition("-")
+    return int(ms), int(sequence or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class TailFilter:
+    """Which entries `events tail` prints: all of one AOR, of some types, appended since a time."""
+
+    aor: str | None = None
+    types: frozenset[str] = frozenset()
+    since_ms: int | None = None
+
+    def admits(self, entry_id: str, event_type: str, aor: str | None) -> bool:
+        if self.since_ms is not None and entry_key(entry_id)[0] < self.since_ms:
+            return False
+        if self.types and event_type not in self.types:
+            return False
+        return self.aor is None or aor == self.aor
 
 
 def describe(event: Event) -> str:
@@ -30,39 +133,133 @@ def describe(event: Event) -> str:
     return " ".join(parts)
 
 
-async def tail_events(settings: Settings, *, streams: Sequence[str] | None, from_start: bool, limit: int | None) -> int:
+def render(entry: Entry, codec: EventCodec, where: TailFilter) -> str | None:
+    """The line of one stream entry, or None when the filter leaves it out."""
+    kind, entry_id, fields = entry
+    event_type = fields.get(b"type", b"?").decode(errors="replace")
+    try:
+        event: Event | None = codec.decode(fields)
+    except ValueError as exc:
+        event, problem = None, str(exc)
+    aor = getattr(event, "aor", None) if event is not None else None
+    if not where.admits(entry_id, event_type, aor):
+        return None
+    if kind == "dead":
+        error = fields.get(b"dead_error", b"").decode(errors="replace")
+        return f"{entry_id} dead {event_type} error={error!r}"
+    if event is None:
+        return f"{entry_id} {kind} undecodable: {problem}"
+    return f"{entry_id} {kind} {describe(event)}"
+
+
+class _Backlog:
+    """One stream's retained entries after a position, read a page at a time."""
+
+    def __init__(self, redis: Any, kind: str, stream: str, after: str) -> None:
+        self.redis, self.kind, self.stream = redis, kind, stream
+        self.after = after  # the last id taken (exclusive start of the next page)
+        self.buffered: deque[tuple[str, dict[bytes, bytes]]] = deque()
+        self.exhausted = False
+
+    async def head(self) -> tuple[str, dict[bytes, bytes]] | None:
+        if not self.buffered and not self.exhausted:
+            page = await self.redis.xrange(self.stream, min=f"({self.after}", max="+", count=PAGE_SIZE)
+            self.exhausted = len(page) < PAGE_SIZE
+            self.buffered.extend((entry_id.decode(), fields) for entry_id, fields in page)
+        return self.buffered[0] if self.buffered else None
+
+    def take(self) -> Entry:
+        entry_id, fields = self.buffered.popleft()
+        self.after = entry_id
+        return self.kind, entry_id, fields
+
+
+async def merged_backlog(backlogs: Sequence[_Backlog]) -> AsyncIterator[Entry]:
+    """Every backlog's entries in one sequence ordered by stream id, i.e. by the time Redis appended them."""
+    while True:
+        first: _Backlog | None = None
+        first_key = (0, 0)
+        for backlog in backlogs:
+            head = await backlog.head()
+            if head is not None and (first is None or entry_key(head[0]) < first_key):
+                first, first_key = backlog, entry_key(head[0])
+        if first is None:
+            return
+        yield first.take()
+
+
+async def _start_after(redis: Any, stream: str, since_ms: int | None) -> str:
+    """The id after which to start: before `since_ms`, or the stream's last entry (only what comes next)."""
+    if since_ms is not None:
+        return f"{since_ms - 1}-{LAST_SEQUENCE}" if since_ms > 0 else "0-0"
+    last = await redis.xrevrange(stream, max="+", min="-", count=1)
+    return last[0][0].decode() if last else "0-0"
+
+
+async def tail_events(
+    settings: StreamSettings,
+    *,
+    streams: Sequence[str] | None,
+    from_start: bool,
+    limit: int | None,
+    where: TailFilter = TailFilter(),
+) -> int:
+    """Prints the backlog asked for (`from_start` or `where.since_ms`) in stream-id order, then follows."""
     names = StreamNames(settings.eventlog.cluster_id)
-    kinds = list(streams or STREAM_KINDS)
+    kinds = list(dict.fromkeys(streams or STREAM_KINDS))
     unknown = [k for k in kinds if k not in STREAM_KINDS]
     if unknown:
-        print(f"unknown stream {unknown[0]!r}; choose from {', '.join(STREAM_KINDS)}")
-        return 2
+        raise InspectError(f"unknown stream {unknown[0]!r}; choose from {', '.join(STREAM_KINDS)}")
     codec = default_codec()
-    positions = {getattr(names, kind): ("0-0" if from_start else "$") for kind in kinds}
+    since_ms = where.since_ms if where.since_ms is not None else (0 if from_start else None)
     printed = 0
+
+    def show(entry: Entry) -> bool:
+        """Prints the entry if admitted; True once the limit is reached."""
+        nonlocal printed
+        line = render(entry, codec, where)
+        if line is not None:
+            print(line, flush=True)
+            printed += 1
+        return limit is not None and printed >= limit
+
     async with open_redis(settings.redis) as redis:
-        while limit is None or printed < limit:
+        backlogs = [
+            _Backlog(redis, kind, getattr(names, kind), await _start_after(redis, getattr(names, kind), since_ms))
+            for kind in kinds
+        ]
+        if limit is not None and limit <= 0:
+            return 0
+        async for entry in merged_backlog(backlogs):
+            if show(entry):
+                return 0
+        positions = {backlog.stream: backlog.after for backlog in backlogs}
+        kind_of = {backlog.stream: backlog.kind for backlog in backlogs}
+        while True:
             response: Any = await redis.xread(positions, count=100, block=1000)  # type: ignore[arg-type]
+            arrived: list[Entry] = []
             for stream, entries in response or []:
                 stream_name = stream.decode()
                 for entry_id, fields in entries:
                     positions[stream_name] = entry_id.decode()
-                    print(_line(stream_name, entry_id.decode(), fields, codec), flush=True)
-                    printed += 1
-                    if limit is not None and printed >= limit:
-                        return 0
+                    arrived.append((kind_of[stream_name], entry_id.decode(), fields))
+            for entry in sorted(arrived, key=lambda e: entry_key(e[1])):
+                if show(entry):
+                    return 0
             await asyncio.sleep(0)
+
+
+async def print_history(settings: StreamSettings, address: str, *, as_json: bool) -> int:
+    """The story of one AOR, oldest first; exit status 1 when there is none in the retention window."""
+    from projections.history import describe_step, load_history
+
+    aor = parse_aor(address)
+    names = StreamNames(settings.eventlog.cluster_id)
+    async with open_redis(settings.redis) as redis:
+        steps = await load_history(redis, names, aor)
+    if not steps:
+        print(f"no history for {aor} in the last {settings.eventlog.retention_s // 3600} hours")
+        return 1
+    for step in steps:
+        print(json.dumps(step) if as_json else describe_step(step))
     return 0
-
-
-def _line(stream: str, entry_id: str, fields: dict[bytes, bytes], codec: object) -> str:
-    kind = stream.rsplit(":", 1)[-1]
-    if kind == "dead":
-        error = fields.get(b"dead_error", b"").decode(errors="replace")
-        event_type = fields.get(b"type", b"?").decode(errors="replace")
-        return f"{entry_id} dead {event_type} error={error!r}"
-    try:
-        event = codec.decode(fields)  # type: ignore[attr-defined]
-    except ValueError as exc:
-        return f"{entry_id} {kind} undecodable: {exc}"
-    return f"{entry_id} {kind} {describe(event)}"

@@ -168,6 +168,19 @@ class Settings:
         return _Reader(os.environ if env is None else env).settings()
 
 
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """What the commands that only read or rebuild from the event log need: Redis and the stream options."""
+
+    redis: RedisSettings
+    eventlog: EventLogSettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StreamSettings:
+        reader = _Reader(os.environ if env is None else env)
+        return cls(redis=reader.redis(), eventlog=reader.eventlog())
+
+
 class _Reader:
     """Reads and validates one variable at a time, naming it in every error."""
 
@@ -338,6 +351,19 @@ class _Reader:
                 raise ConfigError(name, f"{cidr!r} is not a CIDR") from None
         return cidrs
 
+    def eventlog(self) -> EventLogSettings:
+        return EventLogSettings(
+            cluster_id=self.text("JAMBONES_CLUSTER_ID", "default"),
+            partitions=self.integer("SIDECAR_PARTITIONS", 1, minimum=1, maximum=1024),
+            retention_s=self.integer("SIDECAR_RETENTION_S", 7 * 24 * 3600, minimum=60),
+            batch_size=self.integer("SIDECAR_BATCH_SIZE", 100, minimum=1, maximum=10_000),
+            block_ms=self.integer("SIDECAR_BLOCK_MS", 1000, minimum=1),
+            projection_linger_ms=self.integer("SIDECAR_PROJECTION_LINGER_MS", 20, minimum=0, maximum=10_000),
+            claim_idle_ms=self.integer("SIDECAR_CLAIM_IDLE_MS", 30_000, minimum=100),
+            max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
+            replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),
+        )
+
     def settings(self) -> Settings:
         mysql = self.mysql("JAMBONES_MYSQL", required=True)
         assert mysql is not None
@@ -368,17 +394,7 @@ class _Reader:
         log_level = self.text("JAMBONES_LOGLEVEL", "info").lower()
         if log_level not in ("trace", "debug", "info", "warn", "warning", "error", "fatal", "silent"):
             raise ConfigError("JAMBONES_LOGLEVEL", f"unknown level {log_level!r}")
-        eventlog = EventLogSettings(
-            cluster_id=self.text("JAMBONES_CLUSTER_ID", "default"),
-            partitions=self.integer("SIDECAR_PARTITIONS", 1, minimum=1, maximum=1024),
-            retention_s=self.integer("SIDECAR_RETENTION_S", 7 * 24 * 3600, minimum=60),
-            batch_size=self.integer("SIDECAR_BATCH_SIZE", 100, minimum=1, maximum=10_000),
-            block_ms=self.integer("SIDECAR_BLOCK_MS", 1000, minimum=1),
-            projection_linger_ms=self.integer("SIDECAR_PROJECTION_LINGER_MS", 20, minimum=0, maximum=10_000),
-            claim_idle_ms=self.integer("SIDECAR_CLAIM_IDLE_MS", 30_000, minimum=100),
-            max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
-            replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),
-        )
+        eventlog = self.eventlog()
         webhook_timeout_s = self.number("SIDECAR_WEBHOOK_TIMEOUT_S", 5.0, minimum=0.01)
         if eventlog.claim_idle_ms <= webhook_timeout_s * 1000:
             raise ConfigError(

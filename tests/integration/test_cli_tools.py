@@ -52,8 +52,8 @@ async def test_db_init_creates_the_schema_and_a_demo_tenant_idempotently(cluster
                 assert TABLES <= {row[0] for row in await cursor.fetchall()}
                 await cursor.execute("SELECT COUNT(*) FROM accounts WHERE sip_realm = 'sip.demo.local' AND is_active")
                 assert (await cursor.fetchone())[0] == 1
-                await cursor.execute("SELECT url, method, username FROM webhooks")
-                assert await cursor.fetchall() == (("http://127.0.0.1:4000/auth", "POST", "foo"),)
+                await cursor.execute("SELECT COUNT(*) FROM webhooks")  # the clients table checks the demo user
+                assert (await cursor.fetchone())[0] == 0
                 await cursor.execute("SELECT username, password FROM clients")
                 [(username, password)] = await cursor.fetchall()
                 assert username == "demo" and '"iv"' in password and "demo-password" not in password
