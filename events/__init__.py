@@ -15,6 +15,7 @@ from events.registration import (
     RegistrationRefreshed,
     RegistrationRemoved,
     ReplyIssued,
+    RequestExpired,
     WebhookFailed,
 )
 from events.servers import ServerCheckedIn, ServerExpired, ServerLeft
@@ -32,6 +33,7 @@ __all__ = [
     "RegisterReceived",
     "RegisterRejected",
     "RegistrationExpired",
+    "RequestExpired",
     "RegistrationGranted",
     "RegistrationRefreshed",
     "RegistrationRemoved",

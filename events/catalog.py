@@ -15,6 +15,7 @@ from events.registration import (
     RegistrationRefreshed,
     RegistrationRemoved,
     ReplyIssued,
+    RequestExpired,
     WebhookFailed,
 )
 from events.servers import ServerCheckedIn, ServerExpired, ServerLeft
@@ -28,6 +29,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RegistrationRefreshed,
     RegistrationRemoved,
     RegistrationExpired,
+    RequestExpired,
     DeviceLimitReached,
     WebhookFailed,
     ReplyIssued,

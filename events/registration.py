@@ -48,6 +48,9 @@ class RegisterReceived(Event, frozen=True, kw_only=True):
     authorization: DigestCredentials | None = None
     headers: dict[str, str] = {}  # every header but Authorization, lower-case names
     user_agent: str | None = None
+    # Epoch ms after which nobody waits for the answer (the ingest's reply deadline, never past SIP Timer F).
+    # None in entries written before deadlines existed: such a request is decided whenever it is read.
+    deadline_ms: int | None = None
 
     @property
     def aor(self) -> str | None:
@@ -146,6 +149,25 @@ class RegistrationExpired(Event, frozen=True, kw_only=True):
     granted_event_id: str
 
 
+class RequestExpired(Event, frozen=True, kw_only=True):
+    """A request was read after its deadline: nobody waited for its answer, so nothing was decided.
+
+    Recorded instead of a challenge, a webhook call or a grant when a request is claimed late (its
+    processor died) or queued behind an outage; the phone got its answer (500) from the ingest, or
+    none at all, and registers again.
+    """
+
+    TYPE = "RequestExpired"
+
+    request_type: str  # RegisterReceived, OptionsReceived
+    aor: str | None = None
+    deadline_ms: int
+    late_ms: int  # how long after the deadline it was read
+    source_ip: str
+    source_port: int
+    call_id: str
+
+
 class DeviceLimitReached(Event, frozen=True, kw_only=True):
     """Hosted mode: an account is at its registered-device limit (an InfluxDB alert)."""
 
@@ -180,6 +202,7 @@ class OptionsReceived(Event, frozen=True, kw_only=True):
     fs_status: str | None = None
     fs_service_url: str | None = None
     rtp_status: str | None = None
+    deadline_ms: int | None = None  # as RegisterReceived's
 
 
 class ReplyIssued(Event, frozen=True, kw_only=True):

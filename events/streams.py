@@ -5,14 +5,14 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
-# Consumer groups. The processors role reads `requests` with one group (registrar and heartbeat
-# behind one consumer); the projections role reads `registrations` and `requests` with another
-# (registrations and history); alerts have their own, since InfluxDB may be down when Redis is not.
+# Consumer groups. The processors role reads `requests` with one group (the registrar, many requests
+# in flight) and `heartbeats` with another (feature/RTP server OPTIONS, never behind a registration);
+# the projections role reads `registrations` and `requests` with a third (registrations and history);
+# alerts have their own, since InfluxDB may be down when Redis is not.
 GROUP_PROCESSORS = "processors"
+GROUP_HEARTBEAT = "heartbeat"
 GROUP_PROJECTIONS = "projections"
 GROUP_ALERTS_PROJECTION = "projection-alerts"
-# A group for running the heartbeat handler alone (tests).
-GROUP_HEARTBEAT = "heartbeat"
 
 # Keys that jambonz itself reads (SPEC 5.6): no cluster prefix on these two.
 ACTIVE_USER_KEY = "active-user"
@@ -41,6 +41,11 @@ class StreamNames:
     @property
     def requests(self) -> str:
         return f"{self.prefix}:requests"
+
+    @property
+    def heartbeats(self) -> str:
+        """Feature-server and RTP-server heartbeat OPTIONS: a work queue of their own (see GROUP_HEARTBEAT)."""
+        return f"{self.prefix}:heartbeats"
 
     @property
     def registrations(self) -> str:
@@ -72,6 +77,11 @@ class StreamNames:
     def checkpoint(self, group: str) -> str:
         """Hash of stream name → id of the last entry the group committed."""
         return f"{self.prefix}:checkpoint:{group}"
+
+    def consumer_alive(self, group: str, consumer: str) -> str:
+        """A consumer's liveness key (a TTL refreshed while it runs): a peer takes over the pending
+        entries of a consumer whose key has lapsed, and removes it from the group."""
+        return f"{self.prefix}:alive:{group}:{consumer}"
 
     def failures(self, group: str) -> str:
         """Hash of entry id → last handler error, kept until the entry is committed or dead."""

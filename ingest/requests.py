@@ -61,7 +61,9 @@ def _safe_headers(request: SipRequest) -> dict[str, str]:
     return headers
 
 
-def register_received(request: SipRequest, facts: TransportFacts, reply_to: str) -> RegisterReceived | BadRequest:
+def register_received(
+    request: SipRequest, facts: TransportFacts, reply_to: str, deadline_ms: int | None = None
+) -> RegisterReceived | BadRequest:
     """The RegisterReceived for a REGISTER, or the 400 it gets for a broken header."""
     headers = request.headers
     call_id = headers.get("call-id")
@@ -128,6 +130,7 @@ def register_received(request: SipRequest, facts: TransportFacts, reply_to: str)
         authorization=authorization,
         headers=_safe_headers(request),
         user_agent=headers.get("user-agent"),
+        deadline_ms=deadline_ms,
     )
 
 
@@ -137,7 +140,9 @@ def is_heartbeat(request: SipRequest) -> bool:
     return any(headers.get(name) is not None for name in HEARTBEAT_HEADERS)
 
 
-def options_received(request: SipRequest, facts: TransportFacts, reply_to: str) -> OptionsReceived:
+def options_received(
+    request: SipRequest, facts: TransportFacts, reply_to: str, deadline_ms: int | None = None
+) -> OptionsReceived:
     headers = request.headers
     return OptionsReceived(
         **stamp(),
@@ -149,4 +154,5 @@ def options_received(request: SipRequest, facts: TransportFacts, reply_to: str) 
         fs_status=headers.get("x-fs-status"),
         fs_service_url=headers.get("x-fs-serviceurl"),
         rtp_status=headers.get("x-rtp-status"),
+        deadline_ms=deadline_ms,
     )

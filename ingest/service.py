@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 
-from events import Event, ReplyIssued
+from events import Event, ReplyIssued, now_ms
 from ingest.fronts.front import IncomingRequest, SipFront
 from ingest.replies import ReplyRouter
 from ingest.requests import BadRequest, is_heartbeat, options_received, register_received
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 ALLOWED_METHODS = "REGISTER, OPTIONS"
 RETRY_AFTER_S = 5  # what a shed request is told (Retry-After), so phones come back spread over seconds
+TIMER_F_S = 32.0  # RFC 3261 Timer F: a phone gives up on a non-INVITE transaction after this
 Answer = tuple[int, str, Sequence[tuple[str, str]]]
 
 
@@ -46,12 +47,17 @@ class Ingest:
         reply_to: str,
         reply_timeout_s: float,
         max_pending: int = 0,
+        heartbeats_stream: str | None = None,
     ) -> None:
         self.appender = appender
         self.replies = replies
         self.requests_stream = requests_stream
+        self.heartbeats_stream = heartbeats_stream or requests_stream
         self.reply_to = reply_to
         self.reply_timeout_s = reply_timeout_s
+        # A request event carries when nobody waits for its answer any more: this ingest's reply deadline,
+        # and never later than the phone's own Timer F. A processor reading it later records it as expired.
+        self.deadline_after_ms = int(min(reply_timeout_s, TIMER_F_S) * 1000)
         self.max_pending = max_pending  # 0: no bound
         self.stats = IngestStats()
 
@@ -115,21 +121,22 @@ class Ingest:
             return
         if not is_register:  # a feature or RTP server's heartbeat OPTIONS (plain ones were answered above)
             self.stats.heartbeats += 1
-            await self._decide(request, options_received(message, request.facts, self.reply_to))
+            heartbeat = options_received(message, request.facts, self.reply_to, now_ms() + self.deadline_after_ms)
+            await self._decide(request, heartbeat, self.heartbeats_stream)
             return
         self.stats.registers += 1
-        event = register_received(message, request.facts, self.reply_to)
+        event = register_received(message, request.facts, self.reply_to, now_ms() + self.deadline_after_ms)
         if isinstance(event, BadRequest):
             self.stats.bad_requests += 1
             await request.respond(400, "Bad Request", [("X-Reason", event.reason)])
             return
-        await self._decide(request, event)
+        await self._decide(request, event, self.requests_stream)
 
-    async def _decide(self, request: IncomingRequest, event: Event) -> None:
+    async def _decide(self, request: IncomingRequest, event: Event, stream: str) -> None:
         # One future per request: the processor's reply resolves it, a failed append or the timer fails it.
         waiter = self.replies.expect(event.correlation_id)
         try:
-            self.appender.submit(self.requests_stream, event, waiter)
+            self.appender.submit(stream, event, waiter)
         except Exception as exc:  # noqa: BLE001 - any store fault is answered, never crashes the listener
             await self._store_failed(request, event, exc)
             return
@@ -195,6 +202,7 @@ class IngestWorker:
             settings.ingest_id,
             settings.reply_timeout_s,
             settings.max_pending,
+            heartbeats_stream=services.names.heartbeats,
         )
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()

@@ -9,13 +9,13 @@ if TYPE_CHECKING:
 
 
 def build(services: Services) -> list[Worker]:
-    """The processors role: registrar and heartbeat behind one consumer of `requests`, and the sweepers."""
-    from events.streams import GROUP_PROCESSORS
+    """The processors role: the registrar on `requests` (many requests in flight), the heartbeat on
+    `heartbeats` (its own consumer: a heartbeat never waits behind a registration), and the sweepers."""
+    from events.streams import GROUP_HEARTBEAT, GROUP_PROCESSORS
     from processors.expiry import ExpirySweeper
     from processors.heartbeat import Heartbeat, ServerExpiry
     from processors.registrar import Registrar, RegistrarConfig
-    from runtime.consumer import Consumer
-    from runtime.handling import Fanout
+    from runtime.consumer import ConcurrentConsumer, Consumer
 
     assert services.mysql is not None and services.webhooks is not None, "processors need MySQL and HTTP"
     settings = services.settings
@@ -29,7 +29,14 @@ def build(services: Services) -> list[Worker]:
     )
     heartbeat = Heartbeat(services.redis, services.names, services.clock)
     return [
-        Consumer(services.eventlog, services.names.requests, GROUP_PROCESSORS, Fanout(registrar, heartbeat)),
+        ConcurrentConsumer(
+            services.eventlog,
+            services.names.requests,
+            GROUP_PROCESSORS,
+            registrar,
+            max_in_flight=settings.max_in_flight,
+        ),
+        Consumer(services.eventlog, services.names.heartbeats, GROUP_HEARTBEAT, heartbeat),
         ServerExpiry(
             services.redis,
             services.eventlog,

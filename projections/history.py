@@ -22,6 +22,7 @@ from events import (
     RegistrationGranted,
     RegistrationRefreshed,
     RegistrationRemoved,
+    RequestExpired,
     StreamNames,
 )
 from runtime.connections import open_redis
@@ -97,6 +98,8 @@ def summarize(entry_id: str, event: Event) -> dict[str, object] | None:
         step.update(status=200, expires=0)
     elif isinstance(event, RegistrationExpired):
         step.update(expiry_time_ms=event.expiry_time_ms)
+    elif isinstance(event, RequestExpired):
+        step.update(late_ms=event.late_ms, call_id=event.call_id)
     else:
         return None
     return step
@@ -144,6 +147,8 @@ def describe_step(step: dict[str, object]) -> str:
         text = "200 OK: unregistered"
     elif kind == "RegistrationExpired":
         text = "binding expired without refresh"
+    elif kind == "RequestExpired":
+        text = f"expired before it was decided: nobody waited for the answer (read {step.get('late_ms')} ms late)"
     else:
         text = str(kind)
     return f"{at}  {text}"

@@ -9,15 +9,26 @@ decoded, is moved to the dead stream with its error.
 One consumer may follow several streams with one group: a single XREADGROUP reads them all
 and a single commit acknowledges them, so a role pays one round trip per batch, not one per
 stream.
+
+Every consumer keeps a liveness key (`consumer_alive`, a TTL it refreshes). A peer that finds a
+consumer of its group without one takes over its pending entries at once (they are worth
+deciding only while the phone still waits) and removes it from the group once it has none.
+
+`Consumer` hands its handler whole batches, in order (projections, heartbeats). `ConcurrentConsumer`
+keeps reading while decisions wait on I/O: many deliveries in flight (bounded: beyond the bound it
+stops reading, and the backlog stays in Redis), each committed as soon as it is decided, in
+groups made of whatever was decided while the previous commit was in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +36,7 @@ from redis.exceptions import RedisError
 
 from events import Event, EventDecodeError
 from runtime.eventlog import EventLog
-from runtime.handling import BatchHandler, Delivery, Outcome
+from runtime.handling import ConcurrentHandler, Delivery, Outcome, Step
 from runtime.redis_scripts import scripts_used
 
 log = logging.getLogger(__name__)
@@ -40,7 +51,10 @@ class ConsumerStats:
     failed: int = 0
     dead: int = 0
     claimed: int = 0
+    taken_over: int = 0  # entries claimed from consumers found dead (no liveness key)
+    consumers_removed: int = 0  # dead consumers removed from the group
     batches: int = 0
+    in_flight: int = 0  # ConcurrentConsumer: deliveries read and not yet committed
 
 
 @dataclass(slots=True)
@@ -67,7 +81,7 @@ class Consumer:
         eventlog: EventLog,
         stream: str | Sequence[str],
         group: str,
-        handler: BatchHandler,
+        handler: Any,
         *,
         name: str | None = None,
         block_ms: int | None = None,
@@ -86,12 +100,15 @@ class Consumer:
         self.linger_s = linger_ms / 1000
         self._last_read = 0.0
         self.claim_idle_ms = settings.claim_idle_ms
+        self.liveness_ms = settings.consumer_liveness_ms
         self.max_deliveries = settings.max_deliveries
         self.stats = ConsumerStats()
         self.metrics_name = f"consumer_{group}"
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._next_claim = 0.0
+        self._next_takeover = 0.0
+        self._alive_key = eventlog.names.consumer_alive(group, self.name)
         self._failures: dict[str, str] = {}  # "<stream>|<id>" -> last error, for the dead letter
         self._failures_key = eventlog.names.failures(group)
         self._positions = {s: ">" for s in self.streams}
@@ -103,7 +120,11 @@ class Consumer:
         return self.streams[0]
 
     def metrics(self) -> dict[str, float]:
-        return {key: getattr(self.stats, key) for key in self.stats.__slots__}  # type: ignore[attr-defined]
+        values = {key: getattr(self.stats, key) for key in self.stats.__slots__}  # type: ignore[attr-defined]
+        handler_metrics = getattr(self.handler, "metrics", None)  # e.g. the registrar's webhook gate
+        if callable(handler_metrics):
+            values.update(handler_metrics())
+        return values
 
     def stop(self) -> None:
         """Stop reading; the batch in hand is finished and committed first."""
@@ -112,21 +133,17 @@ class Consumer:
     async def run(self) -> None:
         for stream in self.streams:
             await self.log.ensure_group(stream, self.group)
+        await self._announce()
         self.ready.set()
         log.info("consumer started streams=%s group=%s name=%s", ",".join(self.streams), self.group, self.name)
-        backoff = 0.05
         try:
-            while not self._stopping.is_set():
+            async with asyncio.TaskGroup() as tasks:
+                keep_alive = tasks.create_task(self._keep_alive(), name=f"{self.name}-alive")
                 try:
-                    await self.run_once()
-                    backoff = 0.05
-                except RedisError as exc:
-                    if "NOGROUP" in str(exc):  # Redis restarted without its data: the group is gone
-                        await self._recreate_groups()
-                        continue
-                    log.warning("consumer store error group=%s error=%s; retrying in %.2fs", self.group, exc, backoff)
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await self._serve(tasks)
+                finally:
+                    keep_alive.cancel()
+            await self._leave()
         finally:
             self._reader.close()
             log.info(
@@ -136,6 +153,103 @@ class Consumer:
                 self.stats.committed,
                 self.stats.dead,
             )
+
+    async def _serve(self, tasks: asyncio.TaskGroup) -> None:
+        """The read loop, until `stop()`; store errors are retried with a backoff."""
+        backoff = 0.05
+        while not self._stopping.is_set():
+            try:
+                await self.run_once()
+                backoff = 0.05
+            except RedisError as exc:
+                if "NOGROUP" in str(exc):  # Redis restarted without its data: the group is gone
+                    await self._recreate_groups()
+                    continue
+                log.warning("consumer store error group=%s error=%s; retrying in %.2fs", self.group, exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    # --- liveness and takeover -------------------------------------------------------------------
+
+    async def _announce(self) -> None:
+        await self.log.redis.set(self._alive_key, self.name, px=self.liveness_ms)
+
+    async def _keep_alive(self) -> None:
+        """Refreshes the liveness key three times per TTL, so one slow refresh does not look like a death."""
+        while True:
+            await asyncio.sleep(self.liveness_ms / 3000)
+            try:
+                await self._announce()
+            except RedisError as exc:
+                log.warning("consumer liveness not refreshed group=%s error=%s", self.group, exc)
+
+    async def _leave(self) -> None:
+        """On a clean stop: the liveness key goes, and so does this consumer when nothing of it is pending."""
+        try:
+            await self.log.redis.delete(self._alive_key)
+            for stream in self.streams:
+                pending: Any = await self.log.redis.xpending_range(
+                    stream, self.group, min="-", max="+", count=1, consumername=self.name
+                )
+                if not pending:
+                    await self.log.redis.xgroup_delconsumer(stream, self.group, self.name)
+        except RedisError as exc:
+            log.warning("consumer not removed from its group group=%s error=%s", self.group, exc)
+
+    async def _orphans(self) -> dict[str, list[str]]:
+        """Per stream, the other consumers of the group whose liveness key has lapsed (and how idle they are).
+
+        Those with nothing pending and idle longer than the liveness TTL are removed from the group here;
+        the names of those with pending entries are returned, for their entries to be taken over.
+        """
+        redis = self.log.redis
+        found: dict[str, list[str]] = {}
+        for stream in self.streams:
+            consumers: Any = await redis.xinfo_consumers(stream, self.group)
+            others = [c for c in consumers if _text(c["name"]) != self.name]
+            if not others:
+                continue
+            names = [_text(c["name"]) for c in others]
+            pipe = redis.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(self.log.names.consumer_alive(self.group, name))
+            alive = await pipe.execute()
+            for consumer, name, is_alive in zip(others, names, alive, strict=True):
+                if is_alive:
+                    continue
+                if int(consumer["pending"]) > 0:
+                    found.setdefault(stream, []).append(name)
+                elif int(consumer["idle"]) > self.liveness_ms:
+                    # XGROUP DELCONSUMER drops pending entries with the consumer: only an empty one goes.
+                    if await redis.xgroup_delconsumer(stream, self.group, name) == 0:
+                        self.stats.consumers_removed += 1
+                        log.info("removed dead consumer group=%s stream=%s consumer=%s", self.group, stream, name)
+        return found
+
+    async def _pending_of_orphans(self) -> list[tuple[str, list[Any]]]:
+        """XPENDING entries of dead consumers, idle at least a second (so two peers never both take one)."""
+        orphans = await self._orphans()
+        pending: list[tuple[str, list[Any]]] = []
+        for stream, names in orphans.items():
+            for name in names:
+                entries: Any = await self.log.redis.xpending_range(
+                    stream,
+                    self.group,
+                    min="-",
+                    max="+",
+                    count=self.batch_size,
+                    consumername=name,
+                    idle=TAKEOVER_IDLE_MS,
+                )
+                if entries:
+                    log.warning(
+                        "taking over a dead consumer's entries group=%s consumer=%s count=%d",
+                        self.group,
+                        name,
+                        len(entries),
+                    )
+                    pending.append((stream, entries))
+        return pending
 
     async def _recreate_groups(self) -> None:
         log.warning("consumer group missing, creating it again group=%s", self.group)
@@ -149,11 +263,9 @@ class Consumer:
     async def run_once(self) -> int:
         """One read-handle-commit turn (claims first when due). Returns entries processed."""
         now = time.monotonic()
-        if now >= self._next_claim:
-            self._next_claim = now + self.claim_idle_ms / 2000
-            claimed = await self._claim()
-            if claimed:
-                return await self._process(claimed)
+        claimed = await self._claim_due(now)
+        if claimed:
+            return await self._process(claimed)
         if self.linger_s:
             wait = self._last_read + self.linger_s - now
             if wait > 0:
@@ -169,22 +281,39 @@ class Consumer:
         block = None if self._stopping.is_set() else self.block_ms
         return await self._reader.read_group(self.group, self.name, self._positions, self.batch_size, block)
 
-    async def _claim(self) -> _Batch | None:
-        """Re-claims entries idle in any consumer's pending list longer than claim_idle_ms."""
+    async def _claim_due(self, now: float) -> _Batch | None:
+        """Takes over dead consumers' entries (every second) and re-claims long-idle ones (every claim_idle / 2)."""
+        pending: list[tuple[str, list[Any]]] = []
+        min_idle_ms = TAKEOVER_IDLE_MS
+        if now >= self._next_takeover:
+            self._next_takeover = now + TAKEOVER_CHECK_S
+            pending = await self._pending_of_orphans()
+            self.stats.taken_over += sum(len(entries) for _, entries in pending)
+        if not pending and now >= self._next_claim:
+            self._next_claim = now + self.claim_idle_ms / 2000
+            redis = self.log.redis
+            min_idle_ms = self.claim_idle_ms
+            for stream in self.streams:
+                entries: Any = await redis.xpending_range(
+                    stream, self.group, min="-", max="+", count=self.batch_size, idle=self.claim_idle_ms
+                )
+                if entries:
+                    pending.append((stream, entries))
+        if not pending:
+            return None
+        return await self._claim(pending, min_idle_ms)
+
+    async def _claim(self, pending: list[tuple[str, list[Any]]], min_idle_ms: int) -> _Batch | None:
+        """XCLAIMs the given XPENDING entries (those still idle `min_idle_ms`: a peer may have been faster)."""
         redis = self.log.redis
         claimed: list[tuple[str, RawEntry]] = []
         counts: dict[str, int] = {}
-        for stream in self.streams:
-            pending: Any = await redis.xpending_range(
-                stream, self.group, min="-", max="+", count=self.batch_size, idle=self.claim_idle_ms
-            )
-            if not pending:
-                continue
-            ids = [p["message_id"] for p in pending]
-            for p in pending:
+        for stream, entries in pending:
+            ids = [p["message_id"] for p in entries]
+            for p in entries:
                 counts[_key(stream, p["message_id"])] = int(p["times_delivered"]) + 1
-            entries: Any = await redis.xclaim(stream, self.group, self.name, self.claim_idle_ms, ids)
-            claimed += [(stream, entry) for entry in entries if entry[1] is not None]
+            got: Any = await redis.xclaim(stream, self.group, self.name, min_idle_ms, ids)
+            claimed += [(stream, entry) for entry in got if entry[1] is not None]
         if not claimed:
             return None
         self.stats.claimed += len(claimed)
@@ -322,6 +451,173 @@ class Consumer:
                 await self._stopping.wait()
         except TimeoutError:
             pass
+
+
+class ConcurrentConsumer(Consumer):
+    """A consumer whose deliveries are decided concurrently and committed as each is decided.
+
+    Reading goes on while decisions wait on I/O, up to `max_in_flight` deliveries read and not yet
+    committed; beyond that it stops reading, so a backlog waits in Redis, not in memory. Deliveries
+    with the same `order_key` are decided one after the other, in stream order, each after the one
+    before it is committed; different keys never wait on each other.
+    """
+
+    def __init__(
+        self,
+        eventlog: EventLog,
+        stream: str | Sequence[str],
+        group: str,
+        handler: ConcurrentHandler,
+        *,
+        max_in_flight: int,
+        name: str | None = None,
+        block_ms: int | None = None,
+    ) -> None:
+        super().__init__(eventlog, stream, group, handler, name=name, block_ms=block_ms)
+        self.concurrent: ConcurrentHandler = handler
+        self.max_in_flight = max(1, max_in_flight)
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._behind: dict[str, deque[Delivery]] = {}  # order key -> deliveries waiting for the one in flight
+        self._decided: list[tuple[Delivery, Outcome | BaseException]] = []
+        self._dead: list[_Dead] = []
+        self._to_commit = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+
+    def metrics(self) -> dict[str, float]:
+        self.stats.in_flight = self._in_flight
+        return super().metrics()
+
+    async def _serve(self, tasks: asyncio.TaskGroup) -> None:
+        self._tasks = tasks
+        committer = tasks.create_task(self._commit_loop(), name=f"{self.name}-commit")
+        try:
+            await super()._serve(tasks)
+            await self._drained()
+        finally:
+            committer.cancel()
+
+    async def run_once(self) -> int:
+        claimed = await self._claim_due(time.monotonic())
+        if claimed:
+            self._admit(claimed)
+        room = self.max_in_flight - self._in_flight
+        if room <= 0:
+            self._room.clear()
+            await self._wait(self._room, self.block_ms / 1000)
+            return 0
+        block = None if self._stopping.is_set() else self.block_ms
+        entries = await self._reader.read_group(
+            self.group, self.name, self._positions, min(self.batch_size, room), block
+        )
+        if entries:
+            self._admit(self._as_batch(entries, {}))
+        return len(entries)
+
+    def _admit(self, batch: _Batch) -> None:
+        self._in_flight += len(batch.deliveries) + len(batch.dead)
+        if batch.dead:
+            self._dead += batch.dead
+            self._to_commit.set()
+        ready: list[Delivery] = []
+        order_key = self.concurrent.order_key
+        for delivery in batch.deliveries:
+            key = order_key(delivery.event)
+            if key is not None:
+                waiting = self._behind.get(key)
+                if waiting is not None:
+                    waiting.append(delivery)
+                    continue
+                self._behind[key] = deque()
+            ready.append(delivery)
+        if ready:
+            self._start(self._begin(ready))
+
+    def _start(self, work: Awaitable[None]) -> None:
+        assert self._tasks is not None, "started outside run()"
+        self._tasks.create_task(work)  # type: ignore[arg-type]
+
+    async def _begin(self, deliveries: list[Delivery]) -> None:
+        try:
+            steps: Sequence[Step] = await self.concurrent.begin(deliveries)
+        except Exception as exc:  # noqa: BLE001 - the deliveries fail and are retried; the loop goes on
+            steps = [exc] * len(deliveries)
+        if len(steps) != len(deliveries):
+            error = RuntimeError(f"handler of {self.group} began {len(steps)} of {len(deliveries)} deliveries")
+            steps = [error] * len(deliveries)
+        for delivery, step in zip(deliveries, steps, strict=True):
+            if isinstance(step, Outcome | BaseException):
+                self._decided.append((delivery, step))
+            elif inspect.isawaitable(step):
+                self._start(self._finish(delivery, step))
+            else:
+                self._decided.append((delivery, TypeError(f"handler step of type {type(step).__name__}")))
+        self._to_commit.set()
+
+    async def _finish(self, delivery: Delivery, step: Awaitable[Outcome]) -> None:
+        result: Outcome | BaseException
+        try:
+            result = await step
+        except Exception as exc:  # noqa: BLE001 - the delivery fails and is retried
+            result = exc
+        self._decided.append((delivery, result))
+        self._to_commit.set()
+
+    async def _commit_loop(self) -> None:
+        """Commits whatever was decided, one MULTI at a time: what is decided meanwhile makes the next one."""
+        while True:
+            await self._to_commit.wait()
+            self._to_commit.clear()
+            if not self._decided and not self._dead:
+                continue
+            decided, self._decided = self._decided, []
+            dead, self._dead = self._dead, []
+            batch = _Batch([delivery for delivery, _ in decided], dead)
+            try:
+                await self._commit(batch, [result for _, result in decided])
+                self.stats.batches += 1
+                self.stats.delivered += len(decided)
+            except RedisError as exc:
+                # Nothing was committed: the entries stay pending and are claimed again (claim_idle_ms).
+                log.warning("commit failed group=%s entries=%d error=%s", self.group, len(decided) + len(dead), exc)
+            self._release([delivery for delivery, _ in decided], len(dead))
+
+    def _release(self, done: list[Delivery], dead: int) -> None:
+        """Frees the room of committed deliveries and starts the next of each order key."""
+        self._in_flight -= len(done) + dead
+        ready: list[Delivery] = []
+        order_key = self.concurrent.order_key
+        for delivery in done:
+            key = order_key(delivery.event)
+            if key is None:
+                continue
+            waiting = self._behind.get(key)
+            if waiting:
+                ready.append(waiting.popleft())
+            else:
+                self._behind.pop(key, None)
+        if ready:
+            self._start(self._begin(ready))
+        if self._in_flight < self.max_in_flight:
+            self._room.set()
+
+    async def _drained(self) -> None:
+        """After a stop: waits until every delivery in flight is committed (the app's grace bounds this)."""
+        while self._in_flight > 0:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            pass
+
+
+TAKEOVER_CHECK_S = 1.0  # how often a consumer looks for dead peers
+TAKEOVER_IDLE_MS = 1000  # a dead peer's entry is taken once idle this long (a faster peer resets it)
 
 
 def _text(value: bytes | str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,6 +42,25 @@ class BatchHandler(Protocol):
     """
 
     async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]: ...
+
+
+# What a concurrent handler gives back for one delivery: its Outcome (decided at once), the exception it
+# failed with, or an awaitable that decides it later (it waits on I/O: a webhook, MySQL).
+Step = Outcome | BaseException | Awaitable[Outcome]
+
+
+class ConcurrentHandler(Protocol):
+    """Decides deliveries independently of each other; each is committed as soon as it is decided.
+
+    `begin` gets the deliveries that may start now (it may read what they share in one round trip) and
+    answers at once for each: an Outcome, an exception, or an awaitable to finish it. `order_key` names
+    what must be decided in stream order (an AOR): a delivery waits until the one before it with the same
+    key is committed; None means no order. Handlers never ack, retry or sleep.
+    """
+
+    def order_key(self, event: Event) -> str | None: ...
+
+    async def begin(self, deliveries: Sequence[Delivery]) -> Sequence[Step]: ...
 
 
 class Fanout:

@@ -119,6 +119,7 @@ class EventLogSettings:
     block_ms: int = 1000
     projection_linger_ms: int = 20
     claim_idle_ms: int = 30_000
+    consumer_liveness_ms: int = 3000
     max_deliveries: int = 5
     replies_maxlen: int = 5000
 
@@ -143,6 +144,10 @@ class Settings:
     nonce_ttl_s: int = 300
     reply_timeout_s: float = 10.0
     max_pending: int = 1000
+    max_in_flight: int = 2000
+    webhook_max_concurrency: int = 100
+    webhook_breaker_failures: int = 5
+    webhook_breaker_open_s: float = 30.0
     ingest_id: str = ""
     sbc_public_address_keep_alive_ms: int = 900_000
     dead_sbc_s: int = 3600
@@ -360,6 +365,7 @@ class _Reader:
             block_ms=self.integer("SIDECAR_BLOCK_MS", 1000, minimum=1),
             projection_linger_ms=self.integer("SIDECAR_PROJECTION_LINGER_MS", 20, minimum=0, maximum=10_000),
             claim_idle_ms=self.integer("SIDECAR_CLAIM_IDLE_MS", 30_000, minimum=100),
+            consumer_liveness_ms=self.integer("SIDECAR_CONSUMER_LIVENESS_MS", 3000, minimum=300),
             max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
             replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),
         )
@@ -430,6 +436,10 @@ class _Reader:
             nonce_ttl_s=self.integer("SIDECAR_NONCE_TTL_S", 300, minimum=1),
             reply_timeout_s=self.number("SIDECAR_REPLY_TIMEOUT_S", 10.0, minimum=0.1),
             max_pending=self.integer("SIDECAR_MAX_PENDING", 1000, minimum=0),
+            max_in_flight=self.integer("SIDECAR_MAX_IN_FLIGHT", 2000, minimum=1),
+            webhook_max_concurrency=self.integer("SIDECAR_WEBHOOK_MAX_CONCURRENCY", 100, minimum=1),
+            webhook_breaker_failures=self.integer("SIDECAR_WEBHOOK_BREAKER_FAILURES", 5, minimum=0),
+            webhook_breaker_open_s=self.number("SIDECAR_WEBHOOK_BREAKER_OPEN_S", 30.0, minimum=0.1),
             ingest_id=self.text("SIDECAR_INGEST_ID", f"{socket.gethostname()}-{os.getpid()}"),
             sbc_public_address_keep_alive_ms=self.integer("SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000),
             dead_sbc_s=self.integer("DEAD_SBC_IN_SECOND", 3600),

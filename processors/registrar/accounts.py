@@ -21,7 +21,7 @@ import aiomysql
 import pymysql
 
 from processors.registrar.facts import Account, Capacity, Client, RegistrationHook
-from processors.registrar.lookup_cache import TtlCache
+from processors.registrar.lookup_cache import Missing, TtlCache
 from runtime.errors import StoreUnavailable
 
 DEFAULT_CACHE_TTL_S = 5.0
@@ -122,6 +122,10 @@ class AccountStore:
     async def account_by_realm(self, realm: str) -> Account | None:
         """The account whose sip_realm is `realm`, else the one of its super-domain if exactly one."""
         return await self._accounts.get(realm, lambda: self._load_account(realm))
+
+    def cached_account(self, realm: str) -> Account | None | Missing:
+        """The account of `realm` if the cache holds it now (None: cached as not found), else MISSING."""
+        return self._accounts.peek(realm)
 
     async def capacities(self, account_sid: str) -> tuple[Capacity, ...]:
         return await self._capacities.get(account_sid, lambda: self._load_capacities(account_sid))

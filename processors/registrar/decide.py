@@ -67,6 +67,7 @@ REASON_INVALID_AOR = "Invalid address of record"
 REASON_DEACTIVATED = "Account has been deactivated"
 REASON_UNKNOWN_REALM = "Unknown or invalid realm"
 REASON_INVALID_CREDENTIALS = "Invalid credentials"
+BUSY_RETRY_AFTER_S = 5
 PHRASE_MAX_DEVICES = "Max Devices Registered"
 
 _IPV4_HOST = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}")  # jambonz's rejectIpv4 test, fullmatch
@@ -361,9 +362,16 @@ def judge_webhook(
     sit: Situation, account: Account, hook: RegistrationHook, verdict: WebhookVerdict
 ) -> Decision | Grant:
     """The webhook's verdict as SPEC 2.6 maps it; a Grant when the status is `ok`."""
-    if verdict.failure in (WebhookFailure.UNREACHABLE, WebhookFailure.TIMEOUT):
+    if verdict.failure in (WebhookFailure.UNREACHABLE, WebhookFailure.TIMEOUT, WebhookFailure.CIRCUIT_OPEN):
+        # An open circuit is answered as the failures that opened it were (and alerted alike), without a call.
         failed = _webhook_failed(sit, account, hook, None)
-        return sit.reject(500, f"webhook {verdict.failure.value}", account=account, alerts=(failed,))
+        cause = f"webhook {verdict.failure.value}"
+        return sit.reject(500, cause, x_reason=cause, account=account, alerts=(failed,))
+    if verdict.failure is WebhookFailure.BUSY:
+        # This account's calls are at their bound: the phone is told to come back, as a shed REGISTER is.
+        cause = "webhook busy: the account's concurrent calls are at their limit"
+        headers = [(X_REASON, "webhook busy"), ("Retry-After", str(BUSY_RETRY_AFTER_S))]
+        return sit.reject(503, cause, x_reason="webhook busy", headers=headers, account=account)
     if verdict.failure is WebhookFailure.NOT_JSON:
         return sit.reject(500, "webhook answered 200 without a JSON object", account=account)
     status = verdict.http_status

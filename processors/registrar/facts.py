@@ -79,6 +79,8 @@ class WebhookFailure(enum.Enum):
     UNREACHABLE = "unreachable"  # connection refused, DNS, TLS, any client error
     TIMEOUT = "timeout"  # no complete answer within the deadline
     NOT_JSON = "not-json"  # HTTP 200 whose body is not a JSON object
+    CIRCUIT_OPEN = "circuit-open"  # not called: the account's webhook kept failing (processors/registrar/tenants)
+    BUSY = "busy"  # not called: the account's concurrent calls stayed at their bound until the deadline
 
 
 @dataclass(frozen=True, slots=True)

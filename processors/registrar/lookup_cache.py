@@ -19,6 +19,15 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+class Missing:
+    """The type of MISSING: nothing cached (None may be a cached value)."""
+
+    __slots__ = ()
+
+
+MISSING = Missing()
+
+
 class LookupAbandoned(StoreUnavailable):
     """The request that was loading a shared value was cancelled before it finished."""
 
@@ -38,6 +47,13 @@ class TtlCache(Generic[K, V]):
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def peek(self, key: K) -> V | Missing:
+        """The fresh cached value of `key` without loading it; MISSING when there is none."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        return MISSING
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         entry = self._entries.get(key)

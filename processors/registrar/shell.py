@@ -1,10 +1,16 @@
 """The registrar's I/O shell: gathers the facts `decide()` asks for and returns Outcomes.
 
-A BatchHandler for the consumer group `registrar` on the `requests` stream. Per batch it reads
-every cached binding the batch needs with ONE `MGET` of `user:<aor>` keys, then decides the
-REGISTERs concurrently. Each decision becomes one Outcome: its facts for the `registrations`
-stream and its ReplyIssued for `replies:<reply_to>`, committed by the consumer loop with the
-XACK. Entries of other types (OPTIONS, outbound responses) get an empty Outcome.
+A ConcurrentHandler for the consumer group `processors` on the `requests` stream. For the
+deliveries it may begin it reads every cached binding they need with ONE `MGET` of `user:<aor>`
+keys and decides at once whatever needs nothing more (challenges, cached refreshes, answers from a
+cached account); a decision that waits on MySQL or a webhook comes back as an awaitable, so it
+never holds up another request. Each decision becomes one Outcome: its facts for the
+`registrations` stream and its ReplyIssued for `replies:<reply_to>`, committed by the consumer
+loop with the XACK as soon as it is decided.
+
+A request read after its deadline (`deadline_ms`: nobody waits for the answer any more) is not
+challenged, checked or granted: it becomes a `RequestExpired`. Webhook calls go through a
+per-account gate (`tenants.WebhookGate`): a bound on concurrent calls and a circuit breaker.
 
 Faults (Redis unreadable for the batch read, a bug) come back as the delivery's exception,
 so the loop retries the entry; MySQL and webhook trouble are facts with SPEC answers.
@@ -17,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiomysql
@@ -25,10 +32,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from events import (
+    Event,
     RegisterChallenged,
     RegisterReceived,
     RegistrationRefreshed,
+    RequestExpired,
     StreamNames,
+    new_event_id,
     user_key,
 )
 from events.streams import ACTIVE_USER_KEY
@@ -36,11 +46,12 @@ from processors.registrar.accounts import DEFAULT_CACHE_TTL_S, AccountStore
 from processors.registrar.client_password import ClientPasswordCipher
 from processors.registrar.decide import Decision, Need, RegistrarPolicy, decide
 from processors.registrar.facts import NOT_FOUND, Account, Facts, StoreFailure, parse_stored_binding
-from processors.registrar.lookup_cache import TtlCache
+from processors.registrar.lookup_cache import Missing, TtlCache
 from processors.registrar.nonce import NonceSigner
+from processors.registrar.tenants import WebhookGate
 from processors.registrar.webhook import WebhookCall, call_webhook, webhook_payload
 from runtime.errors import StoreUnavailable
-from runtime.handling import Delivery, Outcome
+from runtime.handling import Delivery, Outcome, Step
 from runtime.webclient import HttpClient
 
 if TYPE_CHECKING:
@@ -63,6 +74,9 @@ class RegistrarConfig:
     http_user_agent: str | None = None  # JAMBONES_HTTP_USER_AGENT_HEADER
     account_cache_ttl_s: float = DEFAULT_CACHE_TTL_S  # JAMBONES_MYSQL_REFRESH_TTL, else 5 s
     store_timeout_s: float = 5.0  # deadline of each MySQL query and Redis read
+    webhook_max_concurrency: int = 100  # SIDECAR_WEBHOOK_MAX_CONCURRENCY, per account
+    webhook_breaker_failures: int = 5  # SIDECAR_WEBHOOK_BREAKER_FAILURES (0: no breaker)
+    webhook_breaker_open_s: float = 30.0  # SIDECAR_WEBHOOK_BREAKER_OPEN_S
     streams: StreamNames = StreamNames()  # the partition this registrar consumes and writes
 
     @classmethod
@@ -76,6 +90,9 @@ class RegistrarConfig:
             webhook_timeout_s=settings.webhook_timeout_s,
             http_user_agent=settings.http_user_agent,
             account_cache_ttl_s=refresh_ttl_s if refresh_ttl_s is not None else DEFAULT_CACHE_TTL_S,
+            webhook_max_concurrency=settings.webhook_max_concurrency,
+            webhook_breaker_failures=settings.webhook_breaker_failures,
+            webhook_breaker_open_s=settings.webhook_breaker_open_s,
             streams=StreamNames(settings.eventlog.cluster_id, partition),
         )
 
@@ -117,32 +134,62 @@ class Registrar:
         )
         # TTL 0: nothing is kept, but concurrent REGISTERs of one realm share one ZSCAN.
         self._device_counts: TtlCache[str, int | StoreFailure] = TtlCache(0)
+        self._webhooks = WebhookGate(
+            max_concurrency=config.webhook_max_concurrency,
+            breaker_failures=config.webhook_breaker_failures,
+            open_s=config.webhook_breaker_open_s,
+        )
+
+    def metrics(self) -> dict[str, float]:
+        return self._webhooks.metrics()
+
+    def order_key(self, event: Event) -> str | None:
+        """REGISTERs of one AOR are decided in arrival order (a refresh reads the binding its predecessor wrote)."""
+        if isinstance(event, RegisterReceived):
+            return event.aor or event.call_id
+        return None
+
+    async def begin(self, deliveries: Sequence[Delivery]) -> list[Step]:
+        """Decides at once what needs no I/O beyond one MGET of cached bindings (challenges, cached refreshes,
+        cached accounts); the rest comes back as an awaitable that gathers its facts (MySQL, webhook)."""
+        now_ms = int(self._clock() * 1000)
+        steps: list[Step] = []
+        live: list[tuple[int, Delivery, RegisterReceived]] = []
+        for delivery in deliveries:
+            request = delivery.event
+            if not isinstance(request, RegisterReceived):
+                steps.append(Outcome())  # not the registrar's (an OPTIONS left on `requests` by an older ingest)
+                continue
+            if request.deadline_ms is not None and now_ms >= request.deadline_ms:
+                steps.append(self._expired(request, delivery, now_ms))
+                continue
+            live.append((len(steps), delivery, request))
+            steps.append(Outcome())
+        if not live:
+            return steps
+        try:
+            bindings = await self._cached_bindings([request for _, _, request in live])
+        except StoreUnavailable as exc:
+            for i, _, _ in live:
+                steps[i] = exc
+            return steps
+        for i, delivery, request in live:
+            steps[i] = self._first_step(delivery, request, bindings)
+        return steps
 
     async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]:
-        results: list[Outcome | BaseException] = [Outcome() for _ in deliveries]
-        registers = [(i, d) for i, d in enumerate(deliveries) if isinstance(d.event, RegisterReceived)]
-        if not registers:
-            return results
-        requests = [d.event for _, d in registers if isinstance(d.event, RegisterReceived)]
-        try:
-            bindings = await self._cached_bindings(requests)
-        except StoreUnavailable as exc:
-            for i, _ in registers:
-                results[i] = exc
-            return results
-        if len(registers) == 1:  # the usual batch at moderate load: no task needed
-            try:
-                decided: list[Outcome | BaseException] = [await self._handle_one(registers[0][1], bindings)]
-            except Exception as exc:  # noqa: BLE001 - as gather(return_exceptions=True) would
-                decided = [exc]
-        else:
-            decided = await asyncio.gather(
-                *(self._handle_one(d, bindings) for _, d in registers), return_exceptions=True
-            )
-        for (i, _), result in zip(registers, decided, strict=True):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-            results[i] = result
+        """The whole batch decided (for callers that want every outcome at once)."""
+        steps = await self.begin(deliveries)
+        pending = [(i, step) for i, step in enumerate(steps) if not isinstance(step, Outcome | BaseException)]
+        results: list[Outcome | BaseException] = [
+            s if isinstance(s, Outcome | BaseException) else Outcome() for s in steps
+        ]
+        if pending:
+            finished = await asyncio.gather(*(step for _, step in pending), return_exceptions=True)
+            for (i, _), result in zip(pending, finished, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                results[i] = result
         return results
 
     async def _cached_bindings(self, requests: Sequence[RegisterReceived]) -> dict[str, bytes | str]:
@@ -157,19 +204,58 @@ class Registrar:
             raise StoreUnavailable(f"reading cached bindings failed: {type(exc).__name__}") from exc
         return {aor: value for aor, value in zip(aors, values, strict=True) if value is not None}
 
-    async def _handle_one(self, delivery: Delivery, bindings: dict[str, bytes | str]) -> Outcome:
-        request = delivery.event
-        assert isinstance(request, RegisterReceived)
+    def _first_step(self, delivery: Delivery, request: RegisterReceived, bindings: dict[str, bytes | str]) -> Step:
         aor = cached_binding_aor(request)
         facts = Facts(binding=parse_stored_binding(bindings.get(aor)) if aor else None)
+        now_ms = int(self._clock() * 1000)
+        step = decide(request, facts, self._policy, now_ms=now_ms, causation_id=delivery.entry_id)
+        if step is Need.ACCOUNT:  # usually cached: decided without a task
+            cached = self._accounts.cached_account(request.aor_host or "")
+            if not isinstance(cached, Missing):
+                facts = facts.having(account=cached if cached is not None else NOT_FOUND)
+                step = decide(request, facts, self._policy, now_ms=now_ms, causation_id=delivery.entry_id)
+        if isinstance(step, Decision):
+            self._log_decision(request, step)
+            return self._outcome(request, step)
+        return self._decide_with_io(delivery, request, facts, step)
+
+    async def _decide_with_io(self, delivery: Delivery, request: RegisterReceived, facts: Facts, need: Need) -> Outcome:
         for _ in range(_MAX_STEPS):
+            facts = await self._gather(need, request, facts, int(self._clock() * 1000))
             now_ms = int(self._clock() * 1000)
             step = decide(request, facts, self._policy, now_ms=now_ms, causation_id=delivery.entry_id)
             if isinstance(step, Decision):
+                if request.deadline_ms is not None and now_ms >= request.deadline_ms:
+                    # Decided too late: the ingest has answered (500) and the phone has moved on. Granting now
+                    # would store a binding nobody was told about.
+                    return self._expired(request, delivery, now_ms)
                 self._log_decision(request, step)
                 return self._outcome(request, step)
-            facts = await self._gather(step, request, facts, now_ms)
+            need = step
         raise RuntimeError("decide() kept asking for facts it was given")
+
+    def _expired(self, request: RegisterReceived, delivery: Delivery, now_ms: int) -> Outcome:
+        deadline_ms = request.deadline_ms or now_ms
+        fact = RequestExpired(
+            event_id=new_event_id(),
+            occurred_at=datetime.fromtimestamp(now_ms / 1000, UTC),
+            correlation_id=request.correlation_id,
+            causation_id=delivery.entry_id,
+            request_type=request.TYPE,
+            aor=request.aor,
+            deadline_ms=deadline_ms,
+            late_ms=now_ms - deadline_ms,
+            source_ip=request.source_ip,
+            source_port=request.source_port,
+            call_id=request.call_id,
+        )
+        log.info(
+            "request expired before it was decided aor=%s late_ms=%d call_id=%s",
+            request.aor,
+            fact.late_ms,
+            request.call_id,
+        )
+        return Outcome(appends=[(self._config.streams.registrations, fact)])
 
     def _outcome(self, request: RegisterReceived, decision: Decision) -> Outcome:
         streams = self._config.streams
@@ -201,13 +287,18 @@ class Registrar:
             hook = account.registration_hook
             if hook is None:
                 raise RuntimeError("decide() asked for a webhook verdict without a hook")
-            verdict = await call_webhook(
-                self._http,
-                WebhookCall.of(hook, account.webhook_secret),
-                webhook_payload(request, hook.method),
-                timeout_s=self._config.webhook_timeout_s,
-                user_agent=self._config.http_user_agent,
-                clock=self._clock,
+            call = WebhookCall.of(hook, account.webhook_secret)
+            verdict = await self._webhooks.call(
+                account.account_sid,
+                lambda: call_webhook(
+                    self._http,
+                    call,
+                    webhook_payload(request, hook.method),
+                    timeout_s=self._config.webhook_timeout_s,
+                    user_agent=self._config.http_user_agent,
+                    clock=self._clock,
+                ),
+                max_wait_s=self._time_left_s(request, now_ms),
             )
             return facts.having(verdict=verdict)
         username = request.authorization.username if request.authorization else None
@@ -216,6 +307,12 @@ class Registrar:
         except StoreUnavailable as exc:
             return facts.having(client=_failure(exc))
         return facts.having(client=client if client is not None else NOT_FOUND)
+
+    def _time_left_s(self, request: RegisterReceived, now_ms: int) -> float:
+        """How long a request may wait for a webhook slot: until its deadline (the webhook's timeout without one)."""
+        if request.deadline_ms is None:
+            return self._config.webhook_timeout_s
+        return max(0.0, (request.deadline_ms - now_ms) / 1000)
 
     async def _count_devices(self, realm: str, now_ms: int) -> int | StoreFailure:
         """Distinct user parts of live `active-user` members ending with the realm (SPEC 2.4)."""
