@@ -4,6 +4,8 @@ bench/run                       all roles in one process
 bench/run --split --processors 2
 bench/run --smoke               one tiny step of each kind (CI)
 bench/run --profile 2400        also py-spy the service during the 2400/s registration step
+bench/run --webhook-delay-ms 250          the ladders with a customer webhook across the internet
+bench/run --isolation           another account's webhook hangs: account A's latency, heartbeats
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from typing import Any
 import uvloop
 
 from bench.cpu import CpuMeter, calibrate, cpu_model
+from bench.digest import REALM
 from bench.infrastructure import REPO, BenchDatabase, BenchRedis, Servers, Tenant, free_port
+from bench.isolation import HUNG_REALM, IsolationScenario, Phase, isolation_line, phase_line, verdict
 from bench.ladder import Ladder, StepResult
 from bench.processes import ProcessGroup
 from bench.profiler import recorder, top_costs
+from bench.records import RecordCheck
 from bench.report import git_commit, last_line, step_line, summary, write_results
 from bench.sidecar import SIDECAR, Layout, RunningService, start_service, start_webhook, webhook_counts
 from bench.sipp import MAX_RUN_S, Sipp
@@ -49,6 +54,19 @@ def rates(text: str) -> tuple[int, ...]:
     return values
 
 
+def non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"want a whole number ≥ 0, got {text!r}")
+    return int(text)
+
+
+def positive(text: str) -> int:
+    value = non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("want a number > 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,6 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--register-rates", type=rates, default=REGISTER_RATES, help="comma list, registrations/s")
     parser.add_argument("--options-rates", type=rates, default=OPTIONS_RATES, help="comma list, OPTIONS/s")
     parser.add_argument("--probe-rate", type=float, default=20.0, help="probe transactions per second (20)")
+    parser.add_argument(
+        "--webhook-delay-ms",
+        type=non_negative,
+        default=0,
+        metavar="N",
+        help="the bench webhook answers each call N ms after it arrived (0); the probe's latency includes it",
+    )
+    parser.add_argument(
+        "--all-steps", action="store_true", help="run every rate of a ladder, also after a step that does not hold"
+    )
+    isolation = parser.add_argument_group(
+        "tenant isolation", "--isolation runs this scenario instead of the ladders (see bench/isolation.py)"
+    )
+    isolation.add_argument(
+        "--isolation",
+        action="store_true",
+        help="account A under load, with and without account B's webhook hanging; times A and heartbeats",
+    )
+    isolation.add_argument("--isolation-rate", type=positive, default=200, metavar="RATE", help="A's sipp rate (200)")
+    isolation.add_argument(
+        "--hung-rate", type=positive, default=50, metavar="RATE", help="B's registrations/s to its hung webhook (50)"
+    )
+    isolation.add_argument(
+        "--heartbeat-rate", type=positive, default=5, metavar="RATE", help="feature-server heartbeats/s (5)"
+    )
     parser.add_argument("--redis-db", type=int, default=11, help="Redis database number of the run (11)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
@@ -88,16 +131,31 @@ def say(text: str) -> None:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    pid: int
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/auth"
+
+    async def counts(self) -> dict[str, int]:
+        return await webhook_counts(self.port)
+
+
+@dataclass(frozen=True)
 class Stage:
-    """What the ladders share: the process group, the service environment, the tenant, Redis, the webhook."""
+    """What the ladders (or the isolation scenario) share: the process group, the service environment,
+    the tenant and its webhook, Redis, the record check; with --isolation, the tenant whose webhook hangs."""
 
     processes: ProcessGroup
     base_env: dict[str, str]
     tenant: Tenant
     redis: BenchRedis
-    webhook_pid: int
-    webhook_port: int
+    webhook: Webhook
     redis_pid: int | None
+    records: RecordCheck
+    hung: tuple[Tenant, Webhook] | None = None
 
 
 class BenchRun:
@@ -129,30 +187,42 @@ class BenchRun:
 
     async def _with_servers(self) -> int:
         tenant = Tenant()
+        hung_tenant = Tenant(realm=HUNG_REALM, name="bench-hung") if self.args.isolation else None
+        realms = [t.realm for t in (tenant, hung_tenant) if t is not None]
         database = BenchDatabase()
         redis = BenchRedis(self.args.redis_db, f"bench-{secrets.token_hex(3)}")
         try:
-            async with ProcessGroup(self.work_dir) as processes:
-                webhook, webhook_port = await start_webhook(processes, tenant)
-                await database.create(tenant, f"http://127.0.0.1:{webhook_port}/auth")
-                await redis.clean()
+            async with ProcessGroup(self.work_dir) as processes, RecordCheck(redis.new_client()) as records:
+                webhook = await _webhook(processes, tenant, delay_ms=self.args.webhook_delay_ms)
+                await database.create(tenant, webhook.url)
+                hung = None
+                if hung_tenant is not None:
+                    hung = hung_tenant, await _webhook(processes, hung_tenant, hang=True, name="webhook-hung")
+                    await database.add_account(hung_tenant, hung[1].url)
+                await redis.clean(realms)
                 stage = Stage(
                     processes,
                     {**database.env(), **redis.env(), "ENCRYPTION_SECRET": secrets.token_hex(16)},
                     tenant,
                     redis,
-                    webhook.pid,
-                    webhook_port,
+                    webhook,
                     await redis.server_pid(),
+                    records,
+                    hung,
                 )
-                results = await self._climb(stage)
+                if hung is not None:
+                    phases = await self._isolate(stage)
+                else:
+                    results = await self._climb(stage)
                 memory = await redis.used_memory_bytes()
             self.calibration.update({f"end_{k}": v for k, v in calibrate().items()})
             say(f"[bench] machine speed, a fixed workload before and after (lower is faster): {self.calibration}")
         finally:
-            await redis.clean()
+            await redis.clean(realms)
             await redis.close()
             await database.drop()
+        if hung is not None:
+            return self._report_isolation(phases, redis_memory_bytes=memory)
         return self._report(*results, redis_memory_bytes=memory)
 
     async def _climb(self, stage: Stage) -> tuple[list[StepResult], list[StepResult]]:
@@ -170,14 +240,48 @@ class BenchRun:
                     self.idle_cpu = await ladder.idle_cpu(1.0 if self.args.smoke else 3.0)
                     say(f"[bench] idle CPU, share of one core: {self.idle_cpu}")
                 climbed[kind] = await ladder.climb(
-                    kind, rates, duration_s, self._print_step, self._beside(service, duration_s)
+                    kind,
+                    rates,
+                    duration_s,
+                    self._print_step,
+                    self._beside(service, duration_s),
+                    past_failure=self.args.all_steps,
                 )
             finally:
                 for child in service.children:
                     await stage.processes.stop(child)
         return climbed["register"], climbed["options"]
 
-    def _ladder(self, stage: Stage, service: RunningService) -> Ladder:
+    async def _isolate(self, stage: Stage) -> list[Phase]:
+        """The isolation scenario against a service of its own: healthy, then with B's webhook hung."""
+        assert stage.hung is not None
+        hung_tenant, hung_webhook = stage.hung
+        duration_s = min(self.args.duration, MAX_RUN_S - 5)
+        say(f"[bench] starting the service for the isolation scenario: {self.layout.mode}")
+        service = await start_service(stage.processes, self.layout, stage.base_env)
+        try:
+            meter = self._meter(stage, service)
+            meter.add("webhook_hung", hung_webhook.pid)
+            scenario = IsolationScenario(
+                service,
+                self._sipp(stage, service),
+                stage.tenant,
+                hung_tenant,
+                stage.records,
+                meter,
+                {"a": stage.webhook.counts, "b": hung_webhook.counts},
+                a_rate_per_s=self.args.isolation_rate,
+                b_rate_per_s=self.args.hung_rate,
+                heartbeat_rate_per_s=self.args.heartbeat_rate,
+                probe_rate_per_s=self.args.probe_rate,
+            )
+            return await scenario.run(duration_s, lambda phase: say(phase_line(phase)))
+        finally:
+            for child in service.children:
+                await stage.processes.stop(child)
+
+    @staticmethod
+    def _meter(stage: Stage, service: RunningService) -> CpuMeter:
         meter = CpuMeter()
         for child in service.children:
             meter.add("service", child.pid)
@@ -185,23 +289,31 @@ class BenchRun:
                 meter.add(f"service/{child.name}", child.pid)
         if stage.redis_pid is not None:
             meter.add("redis", stage.redis_pid)
-        meter.add("webhook", stage.webhook_pid)
-        sipp = Sipp(
+        meter.add("webhook", stage.webhook.pid)
+        return meter
+
+    def _sipp(self, stage: Stage, service: RunningService) -> Sipp:
+        return Sipp(
             self.work_dir,
             stage.processes,
             target_port=service.sip_port,
             password=stage.tenant.user_password,
             local_port=free_port(),
+            realm=stage.tenant.realm,
         )
+
+    def _ladder(self, stage: Stage, service: RunningService) -> Ladder:
         probe_rate = self.args.probe_rate / (2 if self.args.smoke else 1)
         return Ladder(
             service,
-            sipp,
-            meter,
+            self._sipp(stage, service),
+            self._meter(stage, service),
             probe_rate,
             stage.tenant.user_password,
-            lambda: webhook_counts(stage.webhook_port),
+            stage.webhook.counts,
             stage.redis.command_calls,
+            records=stage.records,
+            webhook_delay_ms=self.args.webhook_delay_ms,
         )
 
     def _beside(
@@ -229,13 +341,9 @@ class BenchRun:
     def _print_step(step: StepResult) -> None:
         say(step_line(step))
 
-    def _report(self, register: list[StepResult], options: list[StepResult], *, redis_memory_bytes: int) -> int:
-        numbers = summary(register, options)
-        line = last_line(numbers)
-        plan = self.plan()
-        document: dict[str, object] = {
-            "line": line,
-            "summary": numbers,
+    def _context(self, redis_memory_bytes: int) -> dict[str, object]:
+        """What ran, where, on which machine: the same in every report."""
+        return {
             "mode": self.layout.mode,
             "sidecar": self.layout.command,
             # which modules of this checkout ran compiled (meaningless for a --sidecar of another tree)
@@ -252,12 +360,53 @@ class BenchRun:
                 "loadavg": os.getloadavg(),
                 "redis_used_memory_bytes": redis_memory_bytes,
             },
+        }
+
+    def _report_isolation(self, phases: list[Phase], *, redis_memory_bytes: int) -> int:
+        healthy, hung = phases
+        numbers = verdict(healthy, hung)
+        line = isolation_line(numbers)
+        document: dict[str, object] = {
+            "line": line,
+            "isolation": numbers,
+            **self._context(redis_memory_bytes),
+            "config": {
+                "duration_s": min(self.args.duration, MAX_RUN_S - 5),
+                "a_rate_per_s": self.args.isolation_rate,
+                "b_rate_per_s": self.args.hung_rate,
+                "heartbeat_rate_per_s": self.args.heartbeat_rate,
+                "probe_rate_per_s": self.args.probe_rate,
+                "webhook_delay_ms": self.args.webhook_delay_ms,
+                # B's calls end at the service's webhook deadline: the one in this environment, else its default
+                "webhook_timeout_s": os.environ.get("SIDECAR_WEBHOOK_TIMEOUT_S", "service default"),
+                "realms": {"a": REALM, "b": HUNG_REALM},
+            },
+            "healthy": healthy.as_dict(),
+            "hung": hung.as_dict(),
+        }
+        met = {name: numbers[name] for name in ("a_target_met", "heartbeat_target_met")}
+        say(f"[bench] isolation targets (A p99 within 20 ms of healthy, heartbeat p99 < 10 ms): {met}")
+        path = write_results(self.args.results_dir, document, suffix="-isolation")
+        say(f"[bench] results: {path}")
+        print(line, flush=True)
+        return 0
+
+    def _report(self, register: list[StepResult], options: list[StepResult], *, redis_memory_bytes: int) -> int:
+        numbers = summary(register, options)
+        line = last_line(numbers)
+        plan = self.plan()
+        document: dict[str, object] = {
+            "line": line,
+            "summary": numbers,
+            **self._context(redis_memory_bytes),
             "idle_cpu_share_of_core": self.idle_cpu,
             "config": {
                 "duration_s": {k: v[1] for k, v in plan.items()},
                 "probe_rate_per_s": self.args.probe_rate,
                 "register_rates": list(plan["register"][0]),
                 "options_rates": list(plan["options"][0]),
+                "webhook_delay_ms": self.args.webhook_delay_ms,
+                "all_steps": self.args.all_steps,
             },
             "register": [step.as_dict() for step in register],
             "options": [step.as_dict() for step in options],
@@ -278,6 +427,13 @@ class BenchRun:
         if self.args.smoke:
             return 0 if register and options and all(s.holds for s in register + options) else 1
         return 0
+
+
+async def _webhook(
+    processes: ProcessGroup, tenant: Tenant, *, delay_ms: int = 0, hang: bool = False, name: str = "webhook"
+) -> Webhook:
+    child, port = await start_webhook(processes, tenant, delay_ms=delay_ms, hang=hang, name=name)
+    return Webhook(child.pid, port)
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -304,6 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.processors < 1:
         say("bench/run: --processors must be at least 1")
+        return 2
+    if args.isolation and (args.smoke or args.profile):
+        say("bench/run: --isolation runs instead of the ladders; it takes neither --smoke nor --profile")
         return 2
     try:
         return uvloop.run(_main(args))

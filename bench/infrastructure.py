@@ -14,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import aiomysql
 from redis.asyncio import Redis
 
 from bench.digest import REALM
+from bench.records import ACTIVE_USER_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
@@ -117,6 +119,7 @@ class Tenant:
     webhook_secret: str = field(default_factory=lambda: secrets.token_hex(12))
     user_password: str = field(default_factory=lambda: secrets.token_hex(6))
     realm: str = REALM
+    name: str = "bench"  # the account's and its service provider's name
 
 
 class BenchDatabase:
@@ -135,6 +138,11 @@ class BenchDatabase:
         }
 
     async def create(self, tenant: Tenant, webhook_url: str) -> None:
+        """The schema, then `tenant`'s account."""
+        await self.init_schema()
+        await self.add_account(tenant, webhook_url)
+
+    async def init_schema(self) -> None:
         process = await asyncio.create_subprocess_exec(
             str(REPO / ".venv" / "bin" / "sbc-sidecar"),
             "db",
@@ -146,6 +154,10 @@ class BenchDatabase:
         output, _ = await process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"sbc-sidecar db init failed:\n{output.decode(errors='replace')}")
+
+    async def add_account(self, tenant: Tenant, webhook_url: str) -> None:
+        """An account for `tenant` (its realm, signing secret), with a service provider of its own and
+        its registration webhook row (Basic credentials) pointing at `webhook_url`."""
         connection = await self._connect(self.name)
         try:
             async with connection.cursor() as cursor:
@@ -156,12 +168,13 @@ class BenchDatabase:
                     (hook, webhook_url, tenant.webhook_user, tenant.webhook_password),
                 )
                 await cursor.execute(
-                    "INSERT INTO service_providers (service_provider_sid, name) VALUES (%s, %s)", (provider, "bench")
+                    "INSERT INTO service_providers (service_provider_sid, name) VALUES (%s, %s)",
+                    (provider, tenant.name),
                 )
                 await cursor.execute(
                     "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, "
-                    "registration_hook_sid, webhook_secret, is_active) VALUES (%s, 'bench', %s, %s, %s, %s, 1)",
-                    (account, tenant.realm, provider, hook, tenant.webhook_secret),
+                    "registration_hook_sid, webhook_secret, is_active) VALUES (%s, %s, %s, %s, %s, %s, 1)",
+                    (account, tenant.name, tenant.realm, provider, hook, tenant.webhook_secret),
                 )
         finally:
             connection.close()
@@ -215,10 +228,14 @@ class BenchRedis:
     async def used_memory_bytes(self) -> int:
         return int((await self.client.info("memory"))["used_memory"])
 
-    async def clean(self, realm: str = REALM) -> int:
-        """Deletes the run's cluster keys and the realm's registrations; returns how many keys went."""
+    def new_client(self) -> Redis:
+        """A client of its own (its own connections) to the run's database."""
+        return Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.db)
+
+    async def clean(self, realms: Sequence[str] = (REALM,)) -> int:
+        """Deletes the run's cluster keys and the realms' registrations; returns how many keys went."""
         deleted = 0
-        for pattern in (f"{self.cluster_id}:*", f"user:*@{realm}"):
+        for pattern in (f"{self.cluster_id}:*", *(f"user:*@{realm}" for realm in realms)):
             batch: list[bytes] = []
             async for key in self.client.scan_iter(match=pattern, count=5000):
                 batch.append(key)
@@ -227,9 +244,10 @@ class BenchRedis:
                     batch = []
             if batch:
                 deleted += await self.client.unlink(*batch)
-        members = [m async for m, _ in self.client.zscan_iter("active-user", match=f"user:*@{realm}", count=5000)]
-        for start in range(0, len(members), 5000):
-            await self.client.zrem("active-user", *members[start : start + 5000])
+        for realm in realms:
+            members = [m async for m, _ in self.client.zscan_iter(ACTIVE_USER_KEY, match=f"user:*@{realm}", count=5000)]
+            for start in range(0, len(members), 5000):
+                await self.client.zrem(ACTIVE_USER_KEY, *members[start : start + 5000])
         return deleted
 
     async def close(self) -> None:

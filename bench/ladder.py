@@ -2,7 +2,9 @@
 
 A step holds when every sipp call succeeded with no retransmission, sipp reached at least
 RATE_FLOOR of the asked rate, no probe transaction failed, and every service process is alive.
-A ladder climbs its rates and stops at the first step that does not hold.
+A ladder climbs its rates and stops at the first step that does not hold (unless told to climb on).
+Beside the verdict, a step reports what sipp retransmitted and how many probe registrations found
+their jambonz record missing right after their 200 OK (which does not fail the step).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from bench.cpu import CpuMeter, CpuSpent, process_cpu_s, udp_errors, udp_socket_drops
 from bench.digest import PROBE_FIRST_USER
 from bench.probe import Probe, ProbeResult
+from bench.records import RecordCheck
 from bench.sidecar import RunningService
 from bench.sipp import Sipp, SippRun
 
@@ -41,11 +44,21 @@ class StepResult:
     udp_errors: dict[str, int] = field(default_factory=dict)
     redis_calls: dict[str, int] = field(default_factory=dict)
     service_rss_mb: float | None = None  # resident memory of the service processes at the end of the step
+    webhook_delay_ms: int = 0
     reasons: list[str] = field(default_factory=list)
 
     @property
     def holds(self) -> bool:
         return not self.reasons
+
+    @property
+    def retransmissions(self) -> int:
+        return self.sipp.retransmissions
+
+    @property
+    def record_missing(self) -> int | None:
+        """Probe registrations that found their record missing right after the 200 (None: not checked)."""
+        return self.probe.records.missing if self.probe.records is not None else None
 
     @property
     def operations(self) -> int:
@@ -69,6 +82,9 @@ class StepResult:
             "rate_per_s": self.rate_per_s,
             "holds": self.holds,
             "reasons": self.reasons,
+            "webhook_delay_ms": self.webhook_delay_ms,
+            "retransmissions": self.retransmissions,
+            "record_missing": self.record_missing,
             "sipp": self.sipp.as_dict(),
             "probe": self.probe.summary(),
             "cpu_s": {
@@ -117,7 +133,8 @@ def judge(step: StepResult, service: RunningService) -> list[str]:
     return reasons
 
 
-def _minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+def count_difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """The counters that moved between two readings, by how much."""
     return {name: count - before.get(name, 0) for name, count in after.items() if count - before.get(name, 0)}
 
 
@@ -142,6 +159,8 @@ class Ladder:
     user_password: str
     webhook_counts: Callable[[], Awaitable[dict[str, int]]]
     redis_calls: Callable[[], Awaitable[dict[str, int]]]
+    records: RecordCheck | None = None
+    webhook_delay_ms: int = 0
     next_user: int = 0
     probe_users: Iterator[int] = field(default_factory=lambda: itertools.count(PROBE_FIRST_USER))
 
@@ -163,7 +182,7 @@ class Ladder:
         drops_before = udp_socket_drops(self.service.sip_port)
         stop_probe = asyncio.Event()
         async with Probe(
-            self.service.sip_port, kind=kind, password=self.user_password, users=self.probe_users
+            self.service.sip_port, kind=kind, password=self.user_password, users=self.probe_users, records=self.records
         ) as probe:
             before, sipp_before, self_before = self.meter.snapshot(), _children_cpu_s(), _self_cpu_s()
             async with asyncio.TaskGroup() as group:
@@ -187,10 +206,11 @@ class Ladder:
             CpuSpent.between(before, after),
             sipp_cpu_s=sipp_after - sipp_before,
             bench_client_cpu_s=self_after - self_before,
-            webhook_counts=_minus(hook_after, hook_before),
+            webhook_counts=count_difference(hook_after, hook_before),
             udp_errors={k: v - udp_before.get(k, 0) for k, v in udp_after.items()},
-            redis_calls=_minus(calls_after, calls_before),
+            redis_calls=count_difference(calls_after, calls_before),
             service_rss_mb=_rss_mb([child.pid for child in self.service.children]),
+            webhook_delay_ms=self.webhook_delay_ms,
         )
         step.reasons = judge(step, self.service)
         return step
@@ -202,15 +222,18 @@ class Ladder:
         duration_s: float,
         report: Callable[[StepResult], None],
         beside_at: Callable[[str, int], Callable[[], Coroutine[Any, Any, object]] | None] | None = None,
+        *,
+        past_failure: bool = False,
     ) -> list[StepResult]:
-        """Steps up `rates` until one does not hold (that one is kept too)."""
+        """Steps up `rates` until one does not hold (that one is kept too); with `past_failure`, runs
+        every rate while the service lives."""
         steps = []
         for rate in rates:
             beside = beside_at(kind, rate) if beside_at else None
             step = await self.step(kind, rate, duration_s, beside)
             steps.append(step)
             report(step)
-            if not step.holds or self.service.dead():
+            if self.service.dead() or not (step.holds or past_failure):
                 break
         return steps
 
@@ -223,16 +246,20 @@ class Ladder:
         return {name: round(value / seconds, 3) for name, value in spent.by_part_s.items()}
 
     async def settle(self) -> None:
-        """Waits until the service is nearly idle (a backlog of the last step drained), bounded."""
-        pids = [child.pid for child in self.service.children]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SETTLE_MAX_S
-        while loop.time() < deadline:
-            before = sum(process_cpu_s(pid) or 0.0 for pid in pids)
-            await asyncio.sleep(SETTLE_WINDOW_S)
-            spent = sum(process_cpu_s(pid) or 0.0 for pid in pids) - before
-            if spent < SETTLE_IDLE_FRACTION * SETTLE_WINDOW_S * len(pids):
-                return
+        await settle(self.service)
+
+
+async def settle(service: RunningService) -> None:
+    """Waits until the service is nearly idle (a backlog of the last step drained), bounded."""
+    pids = [child.pid for child in service.children]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_MAX_S
+    while loop.time() < deadline:
+        before = sum(process_cpu_s(pid) or 0.0 for pid in pids)
+        await asyncio.sleep(SETTLE_WINDOW_S)
+        spent = sum(process_cpu_s(pid) or 0.0 for pid in pids) - before
+        if spent < SETTLE_IDLE_FRACTION * SETTLE_WINDOW_S * len(pids):
+            return
 
 
 def _rss_mb(pids: Sequence[int]) -> float | None:

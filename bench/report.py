@@ -76,10 +76,12 @@ def step_line(step: StepResult) -> str:
     probe = step.probe.summary()
     cpu = step.cpu_us_per_op()
     verdict = "holds" if step.holds else "FAILS: " + "; ".join(step.reasons)
+    webhook = f"webhook_delay_ms={step.webhook_delay_ms}  " if step.kind == "register" else ""
+    record = f" record_missing={step.record_missing}" if step.record_missing is not None else ""
     return (
-        f"[bench] {step.kind:8} {step.rate_per_s:6}/s  sipp {step.sipp.successful}/{step.sipp.calls} ok "
-        f"({step.sipp.achieved_per_s:.0f}/s, {step.sipp.retransmissions} retrans)  probe p50 "
-        f"{probe['p50_ms']} p99 {probe['p99_ms']} ms  cpu us/op service {cpu['service']} redis "
+        f"[bench] {step.kind:8} {step.rate_per_s:6}/s  {webhook}sipp {step.sipp.successful}/{step.sipp.calls} ok "
+        f"({step.sipp.achieved_per_s:.0f}/s) retransmissions={step.retransmissions}  probe p50 "
+        f"{probe['p50_ms']} p99 {probe['p99_ms']} ms{record}  cpu us/op service {cpu['service']} redis "
         f"{cpu['redis']} webhook {cpu['webhook']} all {cpu['system']}  redis calls/op "
         f"{step.redis_calls_per_op().get('all')}  udp drops at the service "
         f"{step.udp_errors.get('service_socket_drops', '?')} (machine {step.udp_errors.get('RcvbufErrors', 0)})"

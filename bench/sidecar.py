@@ -64,17 +64,21 @@ class RunningService:
         return [child for child in self.children if not child.running]
 
 
-async def start_webhook(processes: ProcessGroup, tenant: Tenant) -> tuple[Child, int]:
-    """Starts `python -m bench.webhook`; returns it and the port it bound."""
+async def start_webhook(
+    processes: ProcessGroup, tenant: Tenant, *, delay_ms: int = 0, hang: bool = False, name: str = "webhook"
+) -> tuple[Child, int]:
+    """Starts `python -m bench.webhook` for `tenant`, answering after `delay_ms` (or never, with
+    `hang`); returns it and the port it bound."""
     env = {
         **os.environ,
         "BENCH_WEBHOOK_BASIC": f"{tenant.webhook_user}:{tenant.webhook_password}",
         "BENCH_WEBHOOK_SECRET": tenant.webhook_secret,
         "BENCH_USER_PASSWORD": tenant.user_password,
+        "BENCH_REALM": tenant.realm,
+        "BENCH_WEBHOOK_DELAY_MS": str(delay_ms),
+        "BENCH_WEBHOOK_HANG": "1" if hang else "0",
     }
-    child = await processes.start(
-        "webhook", [sys.executable, "-m", "bench.webhook"], env=env, cwd=REPO, stdout_pipe=True
-    )
+    child = await processes.start(name, [sys.executable, "-m", "bench.webhook"], env=env, cwd=REPO, stdout_pipe=True)
     assert child.process.stdout is not None
     try:
         async with asyncio.timeout(15):

@@ -18,16 +18,16 @@ from pathlib import Path
 from bench.digest import REALM, user_name
 from bench.processes import ProcessGroup
 
-REGISTER_SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+REGISTER_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
-<!-- One full registration: REGISTER, 401, REGISTER with the digest, 200. -->
+<!-- One full registration: REGISTER, 401, REGISTER with the digest, 200 (in the realm formatted in). -->
 <scenario name="bench register">
   <send retrans="500">
     <![CDATA[
-      REGISTER sip:{REALM} SIP/2.0
+      REGISTER sip:{realm} SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:[field0]@{REALM}>;tag=[call_number]
-      To: <sip:[field0]@{REALM}>
+      From: <sip:[field0]@{realm}>;tag=[call_number]
+      To: <sip:[field0]@{realm}>
       Call-ID: [call_id]
       CSeq: 1 REGISTER
       Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>;expires=[expires]
@@ -41,10 +41,10 @@ REGISTER_SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
   <recv response="401" auth="true" timeout="5000"/>
   <send retrans="500">
     <![CDATA[
-      REGISTER sip:{REALM} SIP/2.0
+      REGISTER sip:{realm} SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: <sip:[field0]@{REALM}>;tag=[call_number]
-      To: <sip:[field0]@{REALM}>
+      From: <sip:[field0]@{realm}>;tag=[call_number]
+      To: <sip:[field0]@{realm}>
       Call-ID: [call_id]
       CSeq: 2 REGISTER
       Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>;expires=[expires]
@@ -146,16 +146,24 @@ class Sipp:
     """Writes the scenarios once into `work_dir` and runs one bounded step at a time."""
 
     def __init__(
-        self, work_dir: Path, processes: ProcessGroup, *, target_port: int, password: str, local_port: int
+        self,
+        work_dir: Path,
+        processes: ProcessGroup,
+        *,
+        target_port: int,
+        password: str,
+        local_port: int,
+        realm: str = REALM,
     ) -> None:
         self.work_dir = work_dir
         self.processes = processes
         self.target_port = target_port
         self.password = password
         self.local_port = local_port
+        self.realm = realm
         self.binary = sipp_binary()
-        self.scenarios = {"register": work_dir / "register.xml", "options": work_dir / "options.xml"}
-        self.scenarios["register"].write_text(REGISTER_SCENARIO)
+        self.scenarios = {"register": work_dir / f"register-{realm}.xml", "options": work_dir / "options.xml"}
+        self.scenarios["register"].write_text(REGISTER_SCENARIO.format(realm=realm))
         self.scenarios["options"].write_text(OPTIONS_SCENARIO)
         self._runs = 0
 
@@ -207,15 +215,16 @@ class Sipp:
         `first_user` on."""
         self._runs += 1
         calls = max(1, round(rate_per_s * duration_s))
-        stat_path = self.work_dir / f"stat-{self._runs}-{kind}-{rate_per_s}.csv"
+        run_name = f"{self._runs}-{kind}-{rate_per_s}" + ("" if self.realm == REALM else f"-{self.realm}")
+        stat_path = self.work_dir / f"stat-{run_name}.csv"
         users_path = None
         if kind == "register":
-            users_path = self.work_dir / f"users-{self._runs}.csv"
+            users_path = self.work_dir / f"users-{run_name}.csv"
             self.write_users(users_path, first_user, calls)
         timeout_s = int(min(MAX_RUN_S, duration_s + 15))
         argv = self.argv(kind, rate_per_s, calls, timeout_s, stat_path, users_path)
         started = time.perf_counter()
-        child = await self.processes.start(f"sipp-{self._runs}-{kind}-{rate_per_s}", argv, cwd=self.work_dir)
+        child = await self.processes.start(f"sipp-{run_name}", argv, cwd=self.work_dir)
         try:
             await asyncio.wait_for(child.process.wait(), timeout_s + 10)
         finally:
