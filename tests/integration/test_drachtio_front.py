@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ APP_200_FRAME = crlf(
     "\n"
 )
 # 14.9
+UNKNOWN_TRANSACTION = "Response not sent due to unknown transaction"
 NOK_FRAME = (
     b"131#5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d|response|decafbad-2222-4333-8444-555566667777|NOK|"
     b"Response not sent due to unknown transaction"
@@ -251,15 +253,23 @@ class PeerConnection:
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    pending: dict[str, PeerConnection]  # the server's: transaction id -> the connection it was delivered on
     log: list[AppMessage] = field(default_factory=list)
     inbox: asyncio.Queue[AppMessage] = field(default_factory=asyncio.Queue)
     routes: list[str] = field(default_factory=list)
     routed: asyncio.Event = field(default_factory=asyncio.Event)
     pings: int = 0
+    accepted_at: float = field(default_factory=time.time)
+    routed_at: float = 0.0
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
         await self.writer.drain()
+
+    def deliver(self, txn: str, sip: bytes) -> bytes:
+        """The section 5 frame of a new request; from now on the server holds `txn` until it is answered."""
+        self.pending[txn] = self
+        return network_request(txn, sip)
 
     async def reply(self, app_id: str, *fields: str) -> None:
         await self.send(frame("|".join((str(uuid.uuid4()), "response", app_id, *fields)).encode()))
@@ -276,7 +286,12 @@ class DrachtioPeer:
         self.version = version
         self.local_hostports = local_hostports
         self.answer_pings = True
-        self.ack_answers = False  # acknowledge the app's SIP responses at once with OK
+        self.ack_answers = False  # acknowledge the app's SIP responses at once (section 6)
+        # Section 12 says a reconnecting app cannot use the old transaction ids; section 5 that the
+        # server keeps an unanswered request 64 s; its code looks requests up by id alone. False: the first.
+        self.transactions_outlive_links = False
+        self.pending: dict[str, PeerConnection] = {}
+        self.answered: set[str] = set()
         self.route_reply_delay_s = 0.0
         self.auth_attempts = 0
         self.connections: list[PeerConnection] = []
@@ -300,7 +315,7 @@ class DrachtioPeer:
             return await self.ready_connections.get()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = PeerConnection(reader, writer)
+        connection = PeerConnection(reader, writer, self.pending)
         self.connections.append(connection)
         try:
             while True:
@@ -334,6 +349,7 @@ class DrachtioPeer:
             connection.routes.append(message.fields[2])
             await connection.reply(message.msg_id, "OK")
             if connection.routes == ["register", "options"]:
+                connection.routed_at = time.time()
                 connection.routed.set()
                 self.ready_connections.put_nowait(connection)
         elif kind == "ping":
@@ -343,8 +359,26 @@ class DrachtioPeer:
         else:
             connection.inbox.put_nowait(message)
             if self.ack_answers and message.sip is not None and message.sip.startswith(b"SIP/2.0 "):
-                await connection.reply(message.msg_id, "OK")
+                await self._acknowledge(connection, message)
         return True
+
+    async def _acknowledge(self, connection: PeerConnection, message: AppMessage) -> None:
+        """Section 6's `OK ... Msg sent:` for an answer, or 14.9's NOK when the server holds no such request.
+
+        Only transactions handed out with `deliver` are tracked; the others count as held by this connection.
+        """
+        assert message.sip is not None
+        txn = message.fields[2]
+        holder = self.pending.get(txn, connection) if txn not in self.answered else None
+        if holder is connection or (holder is not None and self.transactions_outlive_links):
+            self.pending.pop(txn, None)
+            if not message.sip.startswith(b"SIP/2.0 1"):
+                self.answered.add(txn)
+            meta = ("application", str(len(message.sip)), "udp", "192.0.2.44", "5062", "14:03:27.513880", txn)
+            leader = "|".join((str(uuid.uuid4()), "response", message.msg_id, "OK", *meta, "", "", "Msg sent:", ""))
+            await connection.send(frame(leader.encode() + b"\r\n" + message.sip))
+        else:
+            await connection.reply(message.msg_id, "NOK", UNKNOWN_TRANSACTION)
 
 
 @pytest.fixture
@@ -456,22 +490,28 @@ async def test_wrong_secret_is_an_error_log_and_retried_with_backoff(
     assert "s3cr3t-wrong" not in caplog.text
 
 
-async def test_reconnects_and_routes_again_after_the_server_drops_the_link(peer: DrachtioPeer) -> None:
+async def test_reconnects_and_routes_again_after_the_server_drops_the_link(
+    peer: DrachtioPeer, caplog: pytest.LogCaptureFixture
+) -> None:
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
     front = make_front(peer.port)
     front.set_handler(answering(outcomes, 200, "OK"))
     async with running(front, peer) as first:
         await first.send(network_request("t-before", OPTIONS_SIP))
         await next_of(first.inbox)  # the answer went out; drachtio's ack never comes
+        _, error = await next_of(outcomes)
+        assert error is None  # the handler was done once its answer was written
+        assert front.answers_pending == 1
         first.drop()
-        request, error = await next_of(outcomes)
-        assert isinstance(error, DrachtioConnectionError)
         second = await peer.next_connection()
         await front.wait_ready(WAIT_S)
         assert second is not first
         assert [message.fields[1] for message in second.log[:3]] == ["authenticate", "route", "route"]
         assert second.routes == ["register", "options"]
         assert front.stats.reconnects == 1
+        assert (front.stats.links_lost, front.stats.answers_unconfirmed, front.stats.requests_cut_off) == (1, 1, 0)
+        [lost] = [record for record in caplog.records if "link lost" in record.getMessage()]
+        assert "requests_cut_off=0 answers_unconfirmed=1" in lost.getMessage()
         # the new link serves requests again
         await second.send(network_request("t-after", OPTIONS_SIP, proto="tcp"))
         answer = await next_of(second.inbox)
@@ -506,10 +546,12 @@ async def test_register_is_delivered_and_the_401_frame_is_the_docs(peer: Drachti
         await connection.send(REGISTER_FRAME)
         answer = await next_of(connection.inbox)
         assert answer.frame == with_id(APP_401_FRAME, APP_401_ID, answer.msg_id)
-        assert outcomes.empty()  # respond() waits for drachtio's ack
-        await connection.send(with_id(ACK_401_FRAME, APP_401_ID, answer.msg_id))
-        request, error = await next_of(outcomes)
+        request, error = await next_of(outcomes)  # respond() is done once the frame is written
         assert error is None
+        assert front.answers_pending == 1
+        await connection.send(with_id(ACK_401_FRAME, APP_401_ID, answer.msg_id))
+        await until(lambda: front.answers_pending == 0)
+        assert front.stats.answers_refused == 0
         assert request.message.method == "REGISTER"
         assert request.message.call_id == "1j9FpLxk3uxtm8tn@192.0.2.44"
         assert request.facts == TransportFacts(
@@ -563,28 +605,39 @@ async def test_options_answer_copies_the_dialog_headers_and_nothing_else(peer: D
         assert request.message.headers.get("X-FS-Status") == "open"
 
 
-async def test_refused_response_raises_with_drachtios_reason(peer: DrachtioPeer) -> None:
+async def test_refused_answer_is_counted_with_drachtios_reason(
+    peer: DrachtioPeer, caplog: pytest.LogCaptureFixture
+) -> None:
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
     front = make_front(peer.port)
     front.set_handler(answering(outcomes, 200, "OK"))
     async with running(front, peer) as connection:
         await connection.send(network_request(REGISTER2_TXN, REGISTER2_SIP))
         answer = await next_of(connection.inbox)
-        await connection.send(with_id(NOK_FRAME, APP_200_ID, answer.msg_id))  # 14.9
         _, error = await next_of(outcomes)
-        assert isinstance(error, DrachtioCommandError)
-        assert error.status == "NOK" and error.reason == "Response not sent due to unknown transaction"
+        assert error is None
+        await connection.send(with_id(NOK_FRAME, APP_200_ID, answer.msg_id))  # 14.9
+        await until(lambda: front.stats.answers_refused == 1)
+        assert front.answers_pending == 0 and front.ready
+    [refusal] = [record for record in caplog.records if "refused an answer" in record.getMessage()]
+    assert f"txn={REGISTER2_TXN} status=NOK reason='{UNKNOWN_TRANSACTION}'" in refusal.getMessage()
 
 
-async def test_unacknowledged_response_times_out(peer: DrachtioPeer) -> None:
+async def test_unconfirmed_answer_is_counted_after_the_request_timeout(peer: DrachtioPeer) -> None:
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
     front = make_front(peer.port, request_timeout_s=0.2)
     front.set_handler(answering(outcomes, 200, "OK"))
     async with running(front, peer) as connection:
         await connection.send(network_request("t-1", OPTIONS_SIP))
         await next_of(connection.inbox)
-        _, error = await next_of(outcomes)
-        assert isinstance(error, TimeoutError)
+        await asyncio.sleep(0.25)
+        assert front.stats.answers_unconfirmed == 0  # looked at when the next answer is written
+        await connection.send(network_request("t-2", OPTIONS_SIP))
+        second = await next_of(connection.inbox)
+        assert front.stats.answers_unconfirmed == 1 and front.answers_pending == 1
+        await connection.reply(second.msg_id, "OK")
+        await until(lambda: front.answers_pending == 0)
+        assert front.stats.answers_unconfirmed == 1
 
 
 async def test_unparseable_request_is_counted_and_answered_400(peer: DrachtioPeer) -> None:

@@ -1,9 +1,14 @@
 """`DrachtioFront`: the SIP front that is a client of drachtio-server's control connection (inbound mode).
 
 One supervisor task owns the connection: it connects, authenticates, routes `register` and
-`options`, then reads frames and pings until the link dies, and reconnects with capped exponential
-backoff. Handler tasks and callers of `send_request` only write frames and wait on futures that
-the supervisor resolves. All tasks live in a TaskGroup owned by the async context manager.
+`options`, then reads frames and pings until the link dies, and reconnects: at once when the lost
+link had served, with capped exponential backoff otherwise. A handler task lives until its request
+is answered, that is until the answer's frame is written; drachtio's OK or NOK for it is matched by
+the link. Callers of `send_request` write frames and wait on futures that the supervisor resolves.
+All tasks live in a TaskGroup owned by the async context manager.
+
+A lost link costs one log line (with the requests it cut off), never one per request. Requests it
+had delivered keep their handlers; their answers go out on the next link (see `LateAnswers`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
+from ingest.fronts.drachtio.answers import LateAnswers
 from ingest.fronts.drachtio.errors import (
     DrachtioAuthenticationError,
     DrachtioCommandError,
@@ -37,12 +43,11 @@ from ingest.fronts.drachtio.messages import (
     new_message_id,
     ping_payload,
     request_payload,
-    response_payload,
     route_payload,
     server_version_at_least,
 )
 from ingest.fronts.drachtio.render import render_request, render_response, salvage_response, timeout_response
-from ingest.fronts.drachtio.request import DrachtioRequest
+from ingest.fronts.drachtio.request import DrachtioRequest, request_problem
 from ingest.fronts.front import OutboundRequest, RequestHandler, TransportFacts
 from ingest.sip import SipParseError, SipRequest, SipResponse, parse_message
 
@@ -70,8 +75,10 @@ class DrachtioFront:
 
     `host`/`port` are drachtio's admin address (DRACHTIO_HOST/DRACHTIO_PORT), `secret` its shared
     secret (a str or a masked settings `Secret`), `network_cidrs` the JAMBONES_NETWORK_CIDR parts that
-    pick the private TCP address. Reconnects start after `reconnect_initial_s` and double up to
-    `reconnect_max_s`; every message to drachtio waits at most `request_timeout_s` for its reply.
+    pick the private TCP address. A link that was ready for `reconnect_initial_s` or more is
+    replaced at once when it goes down; other attempts wait `reconnect_initial_s`, doubling up to
+    `reconnect_max_s`. Every message to drachtio waits at most `request_timeout_s` for its reply
+    (an answer's confirmation not waited for is counted unconfirmed after that long).
     With a server of v0.8.2 or later a `ping` goes out every `ping_interval_s`; a ping still
     unanswered at the next one drops the link.
 
@@ -99,6 +106,7 @@ class DrachtioFront:
         self._request_timeout_s = request_timeout_s
         self._ping_interval_s = ping_interval_s
         self.stats = DrachtioStats()
+        self._late = LateAnswers(self.stats, MAX_IN_FLIGHT_REQUESTS)
         self._handler: RequestHandler | None = None
         self._link: Link | None = None
         self._ready = asyncio.Event()
@@ -141,6 +149,12 @@ class DrachtioFront:
     def ready(self) -> bool:
         """True while the connection is authenticated and both routes are in place."""
         return self._ready.is_set()
+
+    @property
+    def answers_pending(self) -> int:
+        """Answers written on the current link whose OK/NOK from drachtio has not come yet."""
+        link = self._link
+        return link.answers_pending if link is not None else 0
 
     def set_handler(self, handler: RequestHandler) -> None:
         self._handler = handler
@@ -208,7 +222,8 @@ class DrachtioFront:
                     task.cancel()
             await tasks.__aexit__(None, None, None)
             self._ready.clear()
-            log.info("drachtio front closed host=%s port=%d", self._host, self._port)
+            lost = self._late.close()
+            log.info("drachtio front closed host=%s port=%d answers_lost=%d", self._host, self._port, lost)
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -219,19 +234,27 @@ class DrachtioFront:
             if not first:
                 self.stats.reconnects += 1
             first = False
-            was_ready = await self._run_link()
-            if was_ready:
+            served_s = await self._run_link()
+            if served_s >= self._reconnect_initial_s:
+                # it served: replace it now (drachtio answers 503 while no app is routed); a link that
+                # drops as soon as it is ready waits out the backoff instead of spinning
                 delay_s = self._reconnect_initial_s
+                continue
             log.debug("drachtio reconnect host=%s port=%d in_s=%.2f", self._host, self._port, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, self._reconnect_max_s)
 
-    async def _run_link(self) -> bool:
-        """One connection's life: connect, handshake, serve. Returns whether it ever became ready."""
+    async def _run_link(self) -> float:
+        """One connection's life: connect, handshake, serve. Returns how long it was ready (0.0: never)."""
+        loop = asyncio.get_running_loop()
         link: Link | None = None
+        error: BaseException | None = None
+        ready_at = 0.0
+        cut_off = unconfirmed = 0
         try:
             link = await Link.open(self._host, self._port, self.stats, self._request_timeout_s)
             await self._handshake(link)
+            ready_at = loop.time()
             self._go_ready(link)
             await self._serve(link)
         except DrachtioAuthenticationError as exc:
@@ -242,15 +265,41 @@ class DrachtioFront:
                 exc.reason,
             )
         except (OSError, TimeoutError, FrameFormatError, DrachtioError) as exc:
-            log.warning("drachtio link down host=%s port=%d error=%r", self._host, self._port, exc)
-        except Exception:
+            error = exc
+        except Exception as exc:
             log.exception("drachtio link failed unexpectedly host=%s port=%d", self._host, self._port)
+            error = exc
         finally:
             self._ready.clear()
             if link is not None:
                 self._link = None
-                link.close(DrachtioConnectionError("drachtio connection lost"))
-        return link is not None and link.routed
+                self._late.link_down()
+                cut_off = link.requests_open
+                unconfirmed = link.close(DrachtioConnectionError("drachtio connection lost"))
+        if not ready_at:
+            if error is not None:
+                log.warning("drachtio link down host=%s port=%d error=%r", self._host, self._port, error)
+            return 0.0
+        self._count_loss(error, cut_off, unconfirmed)
+        return loop.time() - ready_at
+
+    def _count_loss(self, error: BaseException | None, cut_off: int, unconfirmed: int) -> None:
+        """The one line (and the counters) of a link that went down after it was ready."""
+        self.stats.links_lost += 1
+        self.stats.requests_cut_off += cut_off
+        corrupt = isinstance(error, FrameFormatError)
+        if corrupt:
+            self.stats.streams_corrupt += 1
+        log.warning(
+            "drachtio link lost host=%s port=%d error=%r requests_cut_off=%d answers_unconfirmed=%d "
+            "corrupt_frame_discarded=%s: reconnecting",
+            self._host,
+            self._port,
+            error,
+            cut_off,
+            unconfirmed,
+            isinstance(error, FrameFormatError) and error.discarded,
+        )
 
     async def _handshake(self, link: Link) -> None:
         secret = self._secret if isinstance(self._secret, str) else self._secret.reveal()
@@ -286,6 +335,7 @@ class DrachtioFront:
             link.private_sbc_address,
             ",".join(ROUTED_VERBS),
         )
+        self._late.link_up(link)
 
     async def _exchange(self, link: Link, message_id: str, payload: bytes) -> CommandReply:
         """Send a message and read frames (acting on them all) until its reply; handshake only."""
@@ -294,7 +344,7 @@ class DrachtioFront:
             async with asyncio.timeout(self._request_timeout_s):
                 await link.write(payload)
                 while not future.done():
-                    await self._read(link)
+                    await link.read(partial(self._dispatch, link))
             return future.result()
         finally:
             future.cancel()
@@ -302,16 +352,17 @@ class DrachtioFront:
     async def _serve(self, link: Link) -> None:
         """Read and dispatch frames until the link dies; ping on schedule when the server can pong."""
         pinging = server_version_at_least(link.server_version, PING_MIN_SERVER_VERSION)
+        dispatch = partial(self._dispatch, link)
         loop = asyncio.get_running_loop()
         next_ping_at = loop.time() + self._ping_interval_s
         ping: asyncio.Future[CommandReply] | None = None
         while True:
             if not pinging:
-                await self._read(link)
+                await link.read(dispatch)
                 continue
             try:
                 async with asyncio.timeout_at(next_ping_at):
-                    await self._read(link)
+                    await link.read(dispatch)
                 continue
             except TimeoutError:
                 pass
@@ -326,14 +377,6 @@ class DrachtioFront:
         link.write_now(ping_payload(message_id))
         return future
 
-    async def _read(self, link: Link) -> None:
-        for message in await link.read():
-            try:
-                self._dispatch(link, message)
-            except (DrachtioError, ValueError):
-                # one bad message must not cost the link (and every transaction on it)
-                log.exception("drachtio message not handled type=%s", type(message).__name__)
-
     def _current_link(self) -> Link:
         link = self._link
         if link is None or not link.alive or not self._ready.is_set():
@@ -344,15 +387,19 @@ class DrachtioFront:
 
     def _dispatch(self, link: Link, message: ServerMessage) -> None:
         """Act on what the link did not settle: new requests; the rest is logged and dropped."""
-        if isinstance(message, SipDelivery):
-            if message.source == "network" and message.transaction_id and not message.dialog_id:
-                self._on_request(link, message)
-            else:
-                log.debug("drachtio sip message ignored source=%s txn=%s", message.source, message.transaction_id)
-        else:
+        if not isinstance(message, SipDelivery):
             log.debug("drachtio message ignored type=%s", message.fields[1])
+        elif message.source != "network" or not message.transaction_id or message.dialog_id:
+            log.debug("drachtio sip message ignored source=%s txn=%s", message.source, message.transaction_id)
+        else:
+            try:
+                self._on_request(link, message)
+            except (DrachtioError, ValueError):
+                # one bad message must not cost the link (and every transaction on it)
+                log.exception("drachtio request not handled txn=%s", message.transaction_id)
 
     def _on_request(self, link: Link, delivery: SipDelivery) -> None:
+        transaction_id = delivery.transaction_id
         try:
             message = parse_message(delivery.sip)
             if not isinstance(message, SipRequest):
@@ -363,10 +410,17 @@ class DrachtioFront:
                 "drachtio request unparseable source=%s:%d txn=%s error=%s answer=400",
                 delivery.source_address,
                 delivery.source_port,
-                delivery.transaction_id,
+                transaction_id,
                 exc,
             )
-            self._answer_now(link, delivery.transaction_id, salvage_response(delivery.sip, 400, "Bad Request"))
+            self._answer_now(link, transaction_id, salvage_response(delivery.sip, 400, "Bad Request"))
+            return
+        problem = request_problem(delivery.sip, message)
+        if problem is not None:
+            self.stats.bad_requests += 1
+            log.debug("drachtio request refused txn=%s reason=%s answer=400", transaction_id, problem)
+            sip = render_response(message, 400, "Bad Request", [("X-Reason", problem)])
+            self._answer_now(link, transaction_id, sip)
             return
         if self._closing or len(self._handlers) >= MAX_IN_FLIGHT_REQUESTS or self._tasks is None:
             log.warning(
@@ -374,7 +428,7 @@ class DrachtioFront:
                 message.method,
                 len(self._handlers),
             )
-            self._answer_now(link, delivery.transaction_id, render_response(message, 503, "Service Unavailable"))
+            self._answer_now(link, transaction_id, render_response(message, 503, "Service Unavailable"))
             return
         facts = TransportFacts(
             source_ip=delivery.source_address,
@@ -383,25 +437,34 @@ class DrachtioFront:
             sbc_address=link.hostport,
             private_sbc_address=link.private_sbc_address,
         )
-        request = DrachtioRequest(message, facts, partial(self._send_response, link, delivery.transaction_id))
-        task = self._tasks.create_task(
-            self._handle(request), name=f"drachtio {message.method} {delivery.transaction_id}"
-        )
+        delivered_at = asyncio.get_running_loop().time()
+        send = partial(self._send_response, link, transaction_id, delivered_at)
+        request = DrachtioRequest(message, facts, send)
+        link.requests_open += 1
+        answer_now = getattr(self._handler, "answer_now", None)
+        if answer_now is not None and answer_now(request):
+            # answered in place (a plain keep-alive OPTIONS): no task, nothing to wait for
+            if not request.answered:
+                link.requests_open -= 1
+            return
+        task = self._tasks.create_task(self._handle(request), name=f"drachtio {message.method} {transaction_id}")
         self._handlers.add(task)
         self._idle.clear()
-        task.add_done_callback(self._handler_done)
+        task.add_done_callback(partial(self._handler_done, link, request))
 
-    def _handler_done(self, task: asyncio.Task[None]) -> None:
+    def _handler_done(self, origin: Link, request: DrachtioRequest, task: asyncio.Task[None]) -> None:
         self._handlers.discard(task)
+        if not request.answered:
+            origin.requests_open -= 1  # given up on (cancelled by a stop, or no answer could be formed)
         if not self._handlers:
             self._idle.set()
 
     def _answer_now(self, link: Link, transaction_id: str, sip: bytes) -> None:
-        """Answer from the reader without waiting for drachtio's ack (its reply is dropped unread)."""
+        """Answer from the reader, before any handler (400, 503); a failure to write is logged."""
         if not transaction_id:
             return
         try:
-            link.write_now(response_payload(new_message_id(), transaction_id, sip))
+            link.write_answer(transaction_id, sip)
         except (DrachtioError, ValueError) as exc:
             log.warning("drachtio immediate answer not sent txn=%s error=%s", transaction_id, exc)
 
@@ -424,9 +487,11 @@ class DrachtioFront:
                 with contextlib.suppress(DrachtioError, TimeoutError, OSError, ValueError):
                     await request.respond(500, "Server Internal Error")
 
-    async def _send_response(self, link: Link, transaction_id: str, sip: bytes) -> None:
-        """Send one SIP response for an incoming transaction and wait for drachtio's OK."""
-        if link is not self._link or not link.alive:
-            raise DrachtioConnectionError("the drachtio connection that delivered this request is gone")
-        message_id = new_message_id()
-        await link.command(message_id, response_payload(message_id, transaction_id, sip), "response")
+    def _send_response(self, origin: Link, transaction_id: str, delivered_at: float, sip: bytes, final: bool) -> None:
+        """Write one SIP response for a transaction `origin` delivered; on a later link if it is gone."""
+        if not origin.alive:
+            self._late.send(transaction_id, delivered_at, sip)
+            return
+        origin.write_answer(transaction_id, sip)
+        if final:
+            origin.requests_open -= 1

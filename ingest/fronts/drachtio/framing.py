@@ -15,7 +15,18 @@ _MAX_LENGTH_DIGITS = 10  # nobody sends a 10 GB frame: more digits means a corru
 
 
 class FrameFormatError(ValueError):
-    """The peer sent a length prefix that is not a plain decimal number."""
+    """The peer sent a length prefix that is not a plain decimal number: the stream cannot be trusted past it.
+
+    `intact` holds the payloads of the same `feed` completed before the bad prefix, minus the last
+    one (`discarded` says whether there was one). A frame cut short by the sender is what makes the
+    next prefix bad: its length swallowed the start of what followed, so the payload read with that
+    length is not a message; the ones before it are.
+    """
+
+    def __init__(self, message: str, intact: list[bytes] | None = None, *, discarded: bool = False) -> None:
+        super().__init__(message)
+        self.intact: list[bytes] = intact if intact is not None else []
+        self.discarded = discarded
 
 
 class FrameTooLargeError(ValueError):
@@ -55,12 +66,19 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add `data`; return the complete payloads, in order. Raise FrameFormatError on a bad prefix."""
+        """Add `data`; return the complete payloads, in order.
+
+        A bad prefix raises FrameFormatError carrying the payloads before it that can be trusted;
+        the decoder is of no further use then (the stream has lost its frame boundaries).
+        """
         self._buffer += data
         payloads: list[bytes] = []
         while True:
-            if self._expected is None and not self._read_length():
-                return payloads
+            try:
+                if self._expected is None and not self._read_length():
+                    return payloads
+            except FrameFormatError as exc:
+                raise FrameFormatError(str(exc), payloads[:-1], discarded=bool(payloads)) from None
             assert self._expected is not None
             if len(self._buffer) < self._expected:
                 return payloads
