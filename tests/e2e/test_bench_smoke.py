@@ -1,4 +1,5 @@
-"""bench/run --smoke: the benchmark works end to end at one tiny rate (the ladder itself is no CI test)."""
+"""bench/run --smoke: the benchmark works end to end at one tiny rate (the ladder itself is no CI test),
+with a webhook that takes WEBHOOK_DELAY_MS to answer, as a customer's does."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tests.e2e.conftest import SIPP
 
 REPO = Path(__file__).resolve().parents[2]
 LAST_LINE = re.compile(r"registrations: \d+/s p50 \d+\.\d ms p99 \d+\.\d ms cpu \d+ us/reg; options: \d+/s")
+WEBHOOK_DELAY_MS = 50
 
 
 @pytest.mark.sipp
@@ -20,7 +22,8 @@ LAST_LINE = re.compile(r"registrations: \d+/s p50 \d+\.\d ms p99 \d+\.\d ms cpu 
 def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     if SIPP is None:
         pytest.fail("sipp is not installed (Debian package sip-tester); .ci/run installs it")
-    result = subprocess.run([str(REPO / "bench" / "run"), "--smoke", "--results-dir", str(tmp_path)],
+    argv = [str(REPO / "bench" / "run"), "--smoke", "--webhook-delay-ms", str(WEBHOOK_DELAY_MS)]
+    result = subprocess.run([*argv, "--results-dir", str(tmp_path)],
                             cwd=REPO, capture_output=True, text=True, timeout=110, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
@@ -32,4 +35,14 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     [register] = document["register"]
     assert register["holds"] and register["sipp"]["successful"] == 60
     assert register["webhook"] == {"ok": register["sipp"]["successful"] + register["probe"]["ok"]}
+    # the delay is the webhook's, so every full registration takes at least that long
+    assert document["config"]["webhook_delay_ms"] == register["webhook_delay_ms"] == WEBHOOK_DELAY_MS
+    assert register["probe"]["p50_ms"] >= WEBHOOK_DELAY_MS
+    assert register["retransmissions"] == register["sipp"]["retransmissions"] == 0
+    # every probe registration's record was read after its 200; how many found it missing is counted
+    record_check = register["probe"]["record_check"]
+    assert record_check["checked"] == register["probe"]["ok"]
+    assert 0 <= register["record_missing"] == record_check["missing"] <= record_check["checked"]
+    step_line = f"webhook_delay_ms={WEBHOOK_DELAY_MS}  sipp 60/60 ok"
+    assert step_line in result.stderr and f"record_missing={register['record_missing']}" in result.stderr
     assert document["options"][0]["holds"]
