@@ -30,6 +30,8 @@ LAST_SEQUENCE = 2**64 - 1
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+AOR_FORMS = "write user@host, sip:user@host, sips:user@host or <sip:user@host>"
+
 Entry = tuple[str, str, dict[bytes, bytes]]  # stream kind, entry id, fields
 
 
@@ -48,7 +50,7 @@ def parse_aor(text: str) -> str:
     if "<" in address:
         inside = address[address.index("<") + 1 :]
         if ">" not in inside:
-            raise InspectError(f"{text!r} opens '<' without closing it")
+            raise InspectError(f"{text!r} opens '<' without closing it; {AOR_FORMS}")
         address = inside[: inside.index(">")].strip()
     scheme, colon, rest = address.partition(":")
     if colon and scheme.lower() in ("sip", "sips"):
@@ -60,7 +62,7 @@ def parse_aor(text: str) -> str:
     else:
         host = host.partition(":")[0]
     if not at or not user or not host or any(c.isspace() for c in user + host):
-        raise InspectError(f"{text!r} is not an address of record; write user@host, sip:user@host or <sip:user@host>")
+        raise InspectError(f"{text!r} is not an address of record; {AOR_FORMS}")
     return f"{user}@{host}"
 
 

@@ -22,20 +22,7 @@ export JAMBONES_REDIS_HOST="${JAMBONES_REDIS_HOST:-127.0.0.1}"
 export ENCRYPTION_SECRET="${ENCRYPTION_SECRET:-demo-secret-change-me}"
 export SIDECAR_SIP_LISTEN="${SIDECAR_SIP_LISTEN:-udp:127.0.0.1:5060,tcp:127.0.0.1:5060}"
 
-# Every setting in the environment, one NAME='value' a line (the CLI reads it, a shell can source it).
-quote() { local value=${1//\'/\'\\\'\'}; printf "'%s'" "$value"; }
-settings_pattern='^(JAMBONES_|SIDECAR_|DRACHTIO_|ENCRYPTION_SECRET$|JWT_SECRET$|LEGACY_CRYPTO$|ENABLE_JAMBONES_|SBC_|'
-settings_pattern+='EXPIRES_INTERVAL$|CHECK_EXPIRES_INTERVAL$|SEND_OPTIONS_PING_INTERVAL$|OPTIONS_|REGISTER_RESPONSE_REMOVE$|'
-settings_pattern+='DEAD_SBC_IN_SECOND$|ENABLE_METRICS$|STATS_|NODE_ENV$)'
-(
-  umask 077
-  echo "# Written by scripts/serve.sh at $(date -u +%FT%TZ): the settings the sidecar runs with."
-  echo "# Read by scripts/sidecar and 'sbc-sidecar --env-file'; variables set in the environment win."
-  for name in $(compgen -e | grep -E "$settings_pattern" | grep -v -x -E 'SIDECAR_ENV_FILE|SIDECAR_PYTHON' | sort); do
-    echo "$name=$(quote "${!name}")"
-  done
-) > "$env_file.tmp"
-mv "$env_file.tmp" "$env_file"
+bash scripts/write-env.sh "$env_file"
 
 step database "the jambonz tables and the demo account in $JAMBONES_MYSQL_DATABASE on $JAMBONES_MYSQL_HOST"
 .venv/bin/sbc-sidecar --env-file "$env_file" db init --demo

@@ -19,6 +19,15 @@ apt_install() {
     || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; }
 }
 
+# A command whose output goes to .venv/setup.log, shown only when it fails.
+quietly() {
+  if ! "$@" >>.venv/setup.log 2>&1; then
+    tail -n 40 .venv/setup.log >&2
+    echo "venv.sh: '$*' failed; its whole output is in .venv/setup.log" >&2
+    return 1
+  fi
+}
+
 python="${SIDECAR_PYTHON:-}"
 if [ -z "$python" ]; then
   if [ -x /usr/bin/python3.11 ]; then python=/usr/bin/python3.11; else python=$(command -v python3); fi
@@ -46,8 +55,8 @@ if [ -z "$extra" ] && [ -f ".venv/.installed[test]" ] && [ ! pyproject.toml -nt 
   stamp=".venv/.installed[test]"  # the test install holds everything the plain one has
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${extra}"
+  quietly .venv/bin/python -m pip install -q --upgrade pip
+  quietly .venv/bin/python -m pip install -q -e ".${extra}"
   touch "$stamp"
   installed="installed"
 else
@@ -55,7 +64,7 @@ else
 fi
 # mypyc (from mypy) and setuptools compile the hot path (runtime/compiled.py); an older venv may lack them
 if ! .venv/bin/python -c 'import mypyc.build, setuptools' 2>/dev/null; then
-  .venv/bin/python -m pip install -q "setuptools>=77" "mypy>=1.10"
+  quietly .venv/bin/python -m pip install -q "setuptools>=77" "mypy>=1.10"
   installed="installed"
 fi
 step_done "$installed"
