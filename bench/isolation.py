@@ -81,6 +81,7 @@ def verdict(healthy: Phase, hung: Phase) -> dict[str, object]:
         "a_p99_healthy_ms": a_healthy,
         "a_p99_excess_ms": excess,
         "a_failed": sum(hung.a_probe.failures.values()),
+        "a_failed_healthy": sum(healthy.a_probe.failures.values()),
         "heartbeat_p99_ms": heartbeat,
         "heartbeat_p99_healthy_ms": p99_ms(healthy.heartbeat),
         "heartbeat_failed": sum(hung.heartbeat.failures.values()),
@@ -93,8 +94,8 @@ def verdict(healthy: Phase, hung: Phase) -> dict[str, object]:
 
 
 def isolation_line(numbers: dict[str, object]) -> str:
-    """`isolation: A p99 X ms (healthy Y ms), heartbeat p99 Z ms, B answered: 500: n, no answer: m (p50 W ms)`;
-    failed transactions of A or of the heartbeat are counted beside their p99."""
+    """`isolation: A p99 X ms (healthy Y ms), heartbeat p99 Z ms, B answered: 500: n, no answer: m (after p50 W ms)`;
+    failed transactions of A or of the heartbeat are counted right after the p99 they are not part of."""
 
     def ms(value: object) -> str:
         return f"{value:.1f}" if isinstance(value, int | float) else "n/a"
@@ -110,8 +111,9 @@ def isolation_line(numbers: dict[str, object]) -> str:
     if isinstance(waited, dict) and waited.get("count"):
         answered += f" (after p50 {ms(waited['p50_ms'])} ms)"
     return (
-        f"isolation: A p99 {ms(numbers['a_p99_ms'])} ms (healthy {ms(numbers['a_p99_healthy_ms'])} ms"
-        f"{failed(numbers['a_failed'])}), heartbeat p99 {ms(numbers['heartbeat_p99_ms'])} ms"
+        f"isolation: A p99 {ms(numbers['a_p99_ms'])} ms{failed(numbers['a_failed'])} "
+        f"(healthy {ms(numbers['a_p99_healthy_ms'])} ms{failed(numbers['a_failed_healthy'])}), "
+        f"heartbeat p99 {ms(numbers['heartbeat_p99_ms'])} ms"
         f"{failed(numbers['heartbeat_failed'])}, B answered: {answered or 'nothing'}"
     )
 
