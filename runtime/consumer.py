@@ -308,7 +308,10 @@ class Consumer:
         redis = self.log.redis
         claimed: list[tuple[str, RawEntry]] = []
         counts: dict[str, int] = {}
-        for stream, entries in pending:
+        for stream, listed in pending:
+            entries = [p for p in listed if not self._holds(stream, p["message_id"])]
+            if not entries:
+                continue
             ids = [p["message_id"] for p in entries]
             for p in entries:
                 counts[_key(stream, p["message_id"])] = int(p["times_delivered"]) + 1
@@ -324,6 +327,10 @@ class Consumer:
             recorded = await redis.hmget(self._failures_key, over)
             errors = {key: _text(error) for key, error in zip(over, recorded, strict=True) if error is not None}
         return self._as_batch(claimed, counts, errors)
+
+    def _holds(self, stream: str, entry_id: bytes | str) -> bool:
+        """Whether this consumer is working on the entry now (then it is not claimed again, by itself)."""
+        return False
 
     def _as_batch(
         self, entries: Sequence[tuple[str, RawEntry]], counts: dict[str, int], errors: dict[str, str] | None = None
@@ -484,6 +491,10 @@ class ConcurrentConsumer(Consumer):
         self._dead: list[_Dead] = []
         self._to_commit = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
+        self._held: set[str] = set()  # "<stream>|<id>" of every delivery in flight here
+
+    def _holds(self, stream: str, entry_id: bytes | str) -> bool:
+        return _key(stream, entry_id) in self._held
 
     def metrics(self) -> dict[str, float]:
         self.stats.in_flight = self._in_flight
@@ -522,7 +533,9 @@ class ConcurrentConsumer(Consumer):
             self._to_commit.set()
         ready: list[Delivery] = []
         order_key = self.concurrent.order_key
+        held = self._held
         for delivery in batch.deliveries:
+            held.add(_key(delivery.stream, delivery.entry_id))
             key = order_key(delivery.event)
             if key is not None:
                 waiting = self._behind.get(key)
@@ -588,7 +601,9 @@ class ConcurrentConsumer(Consumer):
         self._in_flight -= len(done) + dead
         ready: list[Delivery] = []
         order_key = self.concurrent.order_key
+        held = self._held
         for delivery in done:
+            held.discard(_key(delivery.stream, delivery.entry_id))
             key = order_key(delivery.event)
             if key is None:
                 continue
