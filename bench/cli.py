@@ -1,4 +1,5 @@
-"""`bench/run`: the registration and OPTIONS ladders against the sidecar, with a JSON report.
+"""`bench/run`: the registration and OPTIONS ladders against the sidecar, or the tenant-isolation
+scenario (--isolation), with a JSON report.
 
 bench/run                       all roles in one process
 bench/run --split --processors 2
