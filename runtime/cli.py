@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream",
         action="append",
         default=None,
-        help="stream to follow (requests, registrations, servers, carriers, commands, dead); "
+        help="stream to follow (requests, heartbeats, registrations, servers, carriers, commands, dead); "
         "repeatable; default: all but replies",
     )
     tail.add_argument(

@@ -20,7 +20,7 @@ from events import EVENT_TYPES, Event, EventCodec, StreamNames, default_codec
 from runtime.connections import open_redis
 from runtime.settings import StreamSettings
 
-STREAM_KINDS = ("requests", "registrations", "servers", "carriers", "commands", "dead")
+STREAM_KINDS = ("requests", "heartbeats", "registrations", "servers", "carriers", "commands", "dead")
 # Fields never printed: digest responses and raw header maps may carry credentials.
 REDACTED_FIELDS = frozenset({"authorization", "headers"})
 EVENT_TYPE_NAMES = frozenset(event_type.TYPE for event_type in EVENT_TYPES)
