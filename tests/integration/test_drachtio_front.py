@@ -25,6 +25,7 @@ from ingest.fronts.drachtio import (
     DrachtioCommandError,
     DrachtioConnectionError,
     DrachtioFront,
+    DrachtioRequest,
     FrameTooLargeError,
     PublicSipAddresses,
 )
@@ -278,6 +279,20 @@ class PeerConnection:
         self.writer.close()
 
 
+class ResetTolerantReader(asyncio.StreamReader):
+    """What was read before the connection failed stays readable, and the failure reads as the end.
+
+    (asyncio's reader drops it.) An app that closes with unread data sends a reset, and the server
+    still acts on the frames it had read.
+    """
+
+    def set_exception(self, exc: BaseException) -> None:
+        if isinstance(exc, ConnectionError):
+            self.feed_eof()
+        else:
+            super().set_exception(exc)
+
+
 class DrachtioPeer:
     """The server end of the control protocol, enough of it for a registrar."""
 
@@ -300,7 +315,10 @@ class DrachtioPeer:
         self.port = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        def connection_made() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(ResetTolerantReader(), self._serve)
+
+        self.server = await asyncio.get_running_loop().create_server(connection_made, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -317,12 +335,18 @@ class DrachtioPeer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = PeerConnection(reader, writer, self.pending)
         self.connections.append(connection)
+        app_gone = False  # the app closed: what it wrote before still arrives, nothing goes back
         try:
             while True:
                 message = await self._read(reader)
                 connection.log.append(message)
-                if not await self._answer(connection, message):
-                    break
+                if app_gone:
+                    continue
+                try:
+                    if not await self._answer(connection, message):
+                        break
+                except ConnectionError:
+                    app_gone = True
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -660,6 +684,82 @@ async def test_unparseable_request_is_counted_and_answered_400(peer: DrachtioPee
         await connection.reply(answer.msg_id, "OK")  # an ack nobody waits for is ignored
         await connection.send(network_request("t-good", OPTIONS_SIP))
         await until(lambda: len(seen) == 1)
+
+
+NOT_UTF8_REGISTER = REGISTER2_SIP.replace(b'username="alice"', b'username="al\xffce"')
+
+
+@pytest.mark.parametrize(
+    ("sip", "reason"),
+    [
+        (NOT_UTF8_REGISTER, "Message is not valid UTF-8"),
+        (
+            REGISTER2_SIP.replace(b"CSeq: 2 REGISTER", b"CSeq: 2 OPTIONS"),
+            "CSeq method does not match the request method",
+        ),
+        (REGISTER2_SIP.replace(b"CSeq: 2 REGISTER", b"CSeq: two REGISTER"), "Invalid CSeq header"),
+        (REGISTER2_SIP.replace(b"To: <sip:alice@example.com>\r\n", b""), "Missing to header"),
+    ],
+    ids=["digest-not-utf8", "cseq-method", "cseq-number", "no-to"],
+)
+async def test_what_the_native_front_refuses_is_answered_400(peer: DrachtioPeer, sip: bytes, reason: str) -> None:
+    seen: list[IncomingRequest] = []
+
+    async def handler(request: IncomingRequest) -> None:
+        seen.append(request)
+        await request.respond(200, "OK")
+
+    peer.ack_answers = True
+    front = make_front(peer.port)
+    front.set_handler(handler)
+    async with running(front, peer) as connection:
+        await connection.send(connection.deliver(REGISTER2_TXN, sip))
+        answer = await next_of(connection.inbox)
+        assert answer.fields[1:] == ["sip", REGISTER2_TXN, ""] and answer.sip is not None
+        assert answer.sip.startswith(b"SIP/2.0 400 Bad Request\r\nCall-ID: 1j9FpLxk3uxtm8tn@192.0.2.44\r\n")
+        assert f"\r\nX-Reason: {reason}\r\n".encode() in answer.sip
+        await until(lambda: front.answers_pending == 0)
+        assert seen == [] and front.stats.bad_requests == 1 and front.stats.answers_refused == 0
+        # the link and the next request are fine
+        await connection.send(connection.deliver("t-next", REGISTER2_SIP))
+        answer = await next_of(connection.inbox)
+        assert answer.fields[2] == "t-next" and answer.sip is not None and answer.sip.startswith(b"SIP/2.0 200 OK")
+        assert len(seen) == 1
+
+
+async def test_a_keepalive_the_handler_answers_in_place_takes_no_task(peer: DrachtioPeer) -> None:
+    class Ingestish:
+        """What ingest's handler offers: `answer_now` answers what needs no decision, through `respond_now`."""
+
+        calls = 0
+
+        def answer_now(self, request: IncomingRequest) -> bool:
+            if request.message.headers.get("X-FS-Status") is not None:
+                return False
+            assert isinstance(request, DrachtioRequest)
+            request.respond_now(200, "OK")
+            return True
+
+        async def __call__(self, request: IncomingRequest) -> None:
+            self.calls += 1
+            await request.respond(200, "OK", [("X-Members", "1")])
+
+    handler = Ingestish()
+    peer.ack_answers = True
+    front = make_front(peer.port)
+    front.set_handler(handler)
+    plain = OPTIONS_SIP.replace(b"X-FS-Status: open\r\n", b"")
+    async with running(front, peer) as connection:
+        tasks_before = len(asyncio.all_tasks())
+        await connection.send(connection.deliver("t-plain", plain))
+        answer = await next_of(connection.inbox)
+        assert answer.fields[2] == "t-plain" and answer.sip is not None
+        assert answer.sip.startswith(b"SIP/2.0 200 OK\r\n") and b"X-Members" not in answer.sip
+        assert handler.calls == 0 and len(asyncio.all_tasks()) == tasks_before
+        await connection.send(connection.deliver("t-heartbeat", OPTIONS_SIP))
+        answer = await next_of(connection.inbox)
+        assert answer.sip is not None and b"X-Members: 1\r\n" in answer.sip and handler.calls == 1
+        await until(lambda: front.answers_pending == 0)
 
 
 async def test_handler_failure_and_silence_are_answered_500(peer: DrachtioPeer) -> None:

@@ -77,9 +77,7 @@ def test_built_payloads_match_the_doc() -> None:
 def test_sip_payload_leaders() -> None:
     sip = b"SIP/2.0 200 OK\r\n\r\n"
     assert response_payload("m", "t-1", sip) == b"m|sip|t-1|\r\n" + sip
-    assert (
-        request_payload("m", b"OPTIONS sip:x SIP/2.0\r\n\r\n") == b"m|sip||\r\nOPTIONS sip:x SIP/2.0\r\n\r\n"
-    )
+    assert request_payload("m", b"OPTIONS sip:x SIP/2.0\r\n\r\n") == b"m|sip||\r\nOPTIONS sip:x SIP/2.0\r\n\r\n"
     assert request_payload("m", b"R", "sip:203.0.113.10:5060") == b"m|sip|||sip:203.0.113.10:5060\r\nR"
     with pytest.raises(ValueError, match="transaction id"):
         response_payload("m", "", sip)
@@ -114,9 +112,7 @@ def test_decoder_split_between_length_digits() -> None:
 def test_decoder_returns_joined_frames_in_order() -> None:
     decoder = FrameDecoder()
     joined = AUTH_OK_FRAME + ROUTE_FRAME + PING_FRAME + PONG_FRAME
-    assert decoder.feed(joined) == [
-        f.partition(b"#")[2] for f in (AUTH_OK_FRAME, ROUTE_FRAME, PING_FRAME, PONG_FRAME)
-    ]
+    assert decoder.feed(joined) == [f.partition(b"#")[2] for f in (AUTH_OK_FRAME, ROUTE_FRAME, PING_FRAME, PONG_FRAME)]
 
 
 def test_lengths_count_utf8_bytes_not_characters() -> None:
@@ -145,6 +141,24 @@ def test_empty_payload_is_a_frame() -> None:
 def test_bad_length_prefix_raises(garbage: bytes) -> None:
     with pytest.raises(FrameFormatError):
         FrameDecoder().feed(garbage)
+
+
+def test_a_frame_cut_short_keeps_the_frames_before_it_and_drops_itself() -> None:
+    """drachtio wrote 11 bytes of a frame, then the next frames: the cut one's length swallows their start."""
+    whole = [REGISTER_FRAME, PING_FRAME, REGISTER_FRAME]
+    stream = b"".join(whole) + REGISTER_FRAME[:11] + REGISTER_FRAME + REGISTER_FRAME
+    with pytest.raises(FrameFormatError, match="bad drachtio length prefix") as caught:
+        FrameDecoder().feed(stream)
+    assert caught.value.intact == [frame.split(b"#", 1)[1] for frame in whole]
+    assert caught.value.discarded  # the cut frame's "payload": its first 7 bytes and most of the next frame
+
+
+def test_frames_of_an_earlier_feed_are_not_taken_back() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(PING_FRAME) == [PING_FRAME[3:]]
+    with pytest.raises(FrameFormatError) as caught:
+        decoder.feed(b"xyz#")
+    assert caught.value.intact == [] and not caught.value.discarded
 
 
 def test_endless_digits_without_hash_raise() -> None:
