@@ -15,6 +15,7 @@ def build(services: Services) -> list[Worker]:
     from processors.expiry import ExpirySweeper
     from processors.heartbeat import Heartbeat, ServerExpiry
     from processors.registrar import Registrar, RegistrarConfig
+    from projections.registrations import RegistrationsProjection
     from runtime.consumer import ConcurrentConsumer, Consumer
 
     assert services.mysql is not None and services.webhooks is not None, "processors need MySQL and HTTP"
@@ -28,6 +29,9 @@ def build(services: Services) -> list[Worker]:
         mget=services.eventlog.read_keys,
     )
     heartbeat = Heartbeat(services.redis, services.names, services.clock)
+    # The registrar's grants and removals write `user:<aor>` and `active-user` in the commit of the decision.
+    records = RegistrationsProjection(services.names, services.clock)
+    services.eventlog.project_inline(services.names.registrations, records.inline)
     return [
         ConcurrentConsumer(
             services.eventlog,

@@ -9,19 +9,15 @@ if TYPE_CHECKING:
 
 
 def build(services: Services) -> list[Worker]:
-    """The projections role: registrations and history behind one consumer; InfluxDB alerts beside it."""
+    """The projections role: the history (one consumer over `registrations` and `requests`) and the InfluxDB
+    alerts beside it. The registration records are written inline, with the decisions (processors)."""
     from events.streams import GROUP_PROJECTIONS
     from projections import alerts
     from projections.history import HistoryProjection
-    from projections.registrations import RegistrationsProjection
     from runtime.consumer import Consumer
-    from runtime.handling import Fanout
 
     names = services.names
-    handler = Fanout(
-        RegistrationsProjection(names, services.clock),
-        HistoryProjection(names, services.settings.eventlog.retention_s),
-    )
+    handler = HistoryProjection(names, services.settings.eventlog.retention_s)
     return [
         Consumer(
             services.eventlog,

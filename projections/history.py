@@ -25,10 +25,8 @@ from events import (
     RequestExpired,
     StreamNames,
 )
-from runtime.connections import open_redis
 from runtime.handling import Delivery, Outcome, RedisCommand
 from runtime.redis_scripts import Script
-from runtime.settings import Settings
 
 _json = msgspec.json.Encoder()
 
@@ -188,15 +186,3 @@ def in_story_order(steps: list[dict[str, object]]) -> list[dict[str, object]]:
 async def load_history(redis: object, names: StreamNames, aor: str) -> list[dict[str, object]]:
     raw = await redis.zrange(names.history(aor), 0, -1)  # type: ignore[attr-defined]
     return in_story_order([json.loads(item) for item in raw])
-
-
-async def print_history(settings: Settings, aor: str, *, as_json: bool) -> int:
-    names = StreamNames(settings.eventlog.cluster_id)
-    async with open_redis(settings.redis) as redis:
-        steps = await load_history(redis, names, aor)
-    if not steps:
-        print(f"no history for {aor} in the last {settings.eventlog.retention_s // 3600} hours")
-        return 1
-    for step in steps:
-        print(json.dumps(step) if as_json else describe_step(step))
-    return 0

@@ -1,5 +1,10 @@
 """The registrations projection: `user:<aor>` JSON (SETEX) and the `active-user` sorted set (SPEC 2.8, 5.6).
 
+Inline: the registrar's commit writes the record with the fact that grants or removes the binding
+(`inline`, registered on the event log for the `registrations` stream), and the expiry sweeper's
+script deletes it with the `RegistrationExpired` it appends; so the record exists when the 200 OK
+leaves. `commands_for` applies stored facts again, for `replay`.
+
 Idempotent and order-safe: a hash remembers, per AOR, the stream id of the last event applied,
 and a Lua script compares and writes atomically, so a replayed or late older event never
 overwrites a newer binding. It also keeps the due-time index the expiry processor reads.
@@ -28,9 +33,7 @@ log = logging.getLogger(__name__)
 
 _json = msgspec.json.Encoder()
 
-APPLY_LUA = """
--- KEYS: versions hash, user:<aor>, active-user, expiry-due
--- ARGV: aor, entry id, op (grant|remove|expire), record json, ttl s, expiry ms, lapsed grant id
+_APPLY_FUNCTIONS = """
 local function newer(a, b)
   local ams, aseq = string.match(a, "^(%d+)-(%d+)$")
   local bms, bseq = string.match(b, "^(%d+)-(%d+)$")
@@ -38,38 +41,54 @@ local function newer(a, b)
   if ams ~= bms then return ams > bms end
   return aseq > bseq
 end
-local aor, id, op = ARGV[1], ARGV[2], ARGV[3]
-local current = redis.call('HGET', KEYS[1], aor)
-if op == 'expire' then
-  if current ~= ARGV[7] then return 0 end
-  redis.call('HDEL', KEYS[1], aor)
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[3], KEYS[2])
-  redis.call('ZREM', KEYS[4], aor)
+-- versions hash, user:<aor>, active-user, expiry-due; aor, entry id, op (grant|remove|expire), record json,
+-- ttl s, expiry ms, lapsed grant id
+local function apply(versions, user, active, due, aor, id, op, record, ttl, expiry, lapsed)
+  local current = redis.call('HGET', versions, aor)
+  if op == 'expire' then
+    if current ~= lapsed then return 0 end
+    redis.call('HDEL', versions, aor)
+    redis.call('DEL', user)
+    redis.call('ZREM', active, user)
+    redis.call('ZREM', due, aor)
+    return 1
+  end
+  if current and not newer(id, current) then return 0 end
+  redis.call('HSET', versions, aor, id)
+  if op == 'grant' and tonumber(ttl) > 0 then
+    redis.call('SETEX', user, tonumber(ttl), record)
+    redis.call('ZADD', active, expiry, user)
+    redis.call('ZADD', due, expiry, aor)
+  else
+    redis.call('DEL', user)
+    redis.call('ZREM', active, user)
+    redis.call('ZREM', due, aor)
+  end
   return 1
 end
-if current and not newer(id, current) then return 0 end
-redis.call('HSET', KEYS[1], aor, id)
-if op == 'grant' then
-  local ttl = tonumber(ARGV[5])
-  if ttl > 0 then
-    redis.call('SETEX', KEYS[2], ttl, ARGV[4])
-    redis.call('ZADD', KEYS[3], ARGV[6], KEYS[2])
-    redis.call('ZADD', KEYS[4], ARGV[6], aor)
-  else
-    redis.call('DEL', KEYS[2])
-    redis.call('ZREM', KEYS[3], KEYS[2])
-    redis.call('ZREM', KEYS[4], aor)
-  end
-else
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[3], KEYS[2])
-  redis.call('ZREM', KEYS[4], aor)
-end
-return 1
 """
 
+# KEYS: versions hash, user:<aor>, active-user, expiry-due
+# ARGV: aor, entry id, op, record json, ttl s, expiry ms, lapsed grant id
+APPLY_LUA = (
+    _APPLY_FUNCTIONS
+    + "return apply(KEYS[1], KEYS[2], KEYS[3], KEYS[4], unpack(ARGV, 1, 7))\n"
+)
+
+# The inline projection: the fact's XADD and its record writes in one step, compared by the id just given.
+# KEYS: versions hash, user:<aor>, active-user, expiry-due, stream
+# ARGV: aor, op, record json, ttl s, expiry ms, then the XADD's arguments after the stream name
+APPEND_APPLY_LUA = (
+    _APPLY_FUNCTIONS
+    + """
+local id = redis.call('XADD', KEYS[5], unpack(ARGV, 6))
+apply(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], id, ARGV[2], ARGV[3], ARGV[4], ARGV[5], '')
+return id
+"""
+)
+
 APPLY_SCRIPT = Script("registrations-apply", APPLY_LUA)
+APPEND_APPLY_SCRIPT = Script("registrations-append-apply", APPEND_APPLY_LUA)
 
 
 def binding_record(event: RegistrationGranted) -> bytes:
@@ -127,3 +146,28 @@ class RegistrationsProjection:
 
     async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         return [Outcome(writes=self.commands_for(d.entry_id, d.event)) for d in deliveries]
+
+    def inline(self, xadd: Sequence[object], event: object) -> Sequence[object] | None:
+        """The fact's XADD with its record writes, for the commit of the decision (None: a plain XADD).
+
+        `xadd` is the event log's XADD command for the fact. A grant's `user:<aor>` and `active-user` (and
+        a removal's deletions) then commit with the decision, its reply and its ack: the record exists
+        when the SIP answer leaves, as the original wrote it before answering.
+        """
+        if isinstance(event, RegistrationGranted):
+            aor = event.aor
+            args: tuple[object, ...] = (
+                aor,
+                "grant",
+                binding_record(event).decode(),
+                event.granted_expires_s,
+                event.expiry_time_ms,
+            )
+        elif isinstance(event, RegistrationRemoved):
+            aor = event.aor
+            args = (aor, "remove", "", 0, 0)
+        else:
+            return None
+        names = self.names
+        keys = (names.registration_versions, user_key(aor), ACTIVE_USER_KEY, names.expiry_due, str(xadd[1]))
+        return ("EVALSHA", APPEND_APPLY_SCRIPT.sha, len(keys), *keys, *args, *xadd[2:])

@@ -2,20 +2,18 @@
 
 Registrations: the version index and due index are dropped and every registration fact is
 applied again, oldest first, through the same compare-and-write script the live projection
-uses. A binding comes back only if it has not expired, with the TTL it has left; a live
-projection running at the same time stays correct, since the script ignores any event older
-than the one a key last saw.
+uses (live, the registrar writes the same keys inline with its decisions). A binding comes back
+only if it has not expired, with the TTL it has left; decisions committed at the same time stay
+correct, since the script ignores any event older than the one a key last saw.
 """
 
 from __future__ import annotations
 
 import time
 
-from events import RegistrationExpired, RegistrationGranted, RegistrationRemoved, StreamNames, default_codec
+from events import RegistrationExpired, RegistrationGranted, RegistrationRemoved, StreamNames
 from projections.registrations import APPLY_SCRIPT, RegistrationsProjection
-from runtime.connections import open_redis
 from runtime.eventlog import EventLog
-from runtime.settings import Settings
 
 CHUNK = 500
 
@@ -41,15 +39,3 @@ async def replay_registrations(eventlog: EventLog, clock: object = time.time) ->
                 live[event.aor] = False
         await pipe.execute()
     return {"events": len(stored), "bindings": sum(live.values())}
-
-
-async def replay(settings: Settings, projection: str) -> int:
-    if projection != "registrations":
-        print(f"unknown projection {projection!r}")
-        return 2
-    names = StreamNames(settings.eventlog.cluster_id)
-    async with open_redis(settings.redis) as redis:
-        eventlog = EventLog(redis, default_codec(), names, settings.eventlog)
-        result = await replay_registrations(eventlog)
-    print(f"replayed {result['events']} registration events; {result['bindings']} live bindings restored")
-    return 0

@@ -370,11 +370,10 @@ class Consumer:
         return len(batch.deliveries) + len(batch.dead)
 
     async def _commit(self, batch: _Batch, results: Sequence[Outcome | BaseException]) -> None:
-        writes = [c for r in results if isinstance(r, Outcome) for c in r.writes]
         commands: list[Sequence[object]] = []
         acked: dict[str, list[str]] = {}
         failed = 0
-        xadd = self.log.xadd_command
+        append = self.log.append_command
         local_sink = self.log.local_sink
         local: list[tuple[Callable[[Event], None], Event]] = []
         for delivery, result in zip(batch.deliveries, results, strict=True):
@@ -396,7 +395,7 @@ class Consumer:
             for stream, event in result.appends:
                 sink = local_sink(stream)
                 if sink is None:
-                    commands.append(xadd(stream, event))
+                    commands.append(append(stream, event))
                 else:
                     local.append((sink, event))
             commands.extend(result.writes)
@@ -429,7 +428,7 @@ class Consumer:
             commands.append(("HSET", checkpoint, stream, ids[-1]))
         if not acked and not failed:
             return
-        await self.log.commit(commands, scripts_used(writes))
+        await self.log.commit(commands, scripts_used(commands))
         for sink, event in local:
             sink(event)
         if self._failures:

@@ -101,6 +101,11 @@ def retention_min_id(retention_s: int, now_ms: int | None = None) -> str:
     return f"{max(now_ms - retention_s * 1000, 0)}-0"
 
 
+# Given an event's XADD command and the event: a command that appends it and writes what must be visible
+# with it (a script call), or None for the plain XADD.
+InlineProjection = Callable[[Sequence[object], Event], Sequence[object] | None]
+
+
 class EventLog:
     """Appends events to streams and reads them back; owns trimming and consumer groups.
 
@@ -124,6 +129,7 @@ class EventLog:
         self._link = RespLink(link) if link is not None else None
         self._readers: list[StreamReader] = []
         self._local: dict[str, Callable[[Event], None]] = {}
+        self._inline: dict[str, InlineProjection] = {}
         self._min_id_value = ""
         self._min_id_until = 0.0
 
@@ -138,6 +144,19 @@ class EventLog:
 
     def detach_local(self, stream: str) -> None:
         self._local.pop(stream, None)
+
+    def project_inline(self, stream: str, projection: InlineProjection) -> None:
+        """Events a consumer commits to `stream` are appended by `projection`'s command when it gives one:
+        the XADD together with the read-model writes that must be visible when the commit is (DESIGN 6)."""
+        self._inline[stream] = projection
+
+    def append_command(self, stream: str, event: Event) -> Sequence[object]:
+        """The command that appends `event` in a commit: its XADD, or the inline projection's command."""
+        xadd = self.xadd_command(stream, event)
+        projection = self._inline.get(stream)
+        if projection is None:
+            return xadd
+        return projection(xadd, event) or xadd
 
     def local_sink(self, stream: str) -> Callable[[Event], None] | None:
         return self._local.get(stream)

@@ -1,7 +1,8 @@
 """The expiry processor: a RegistrationExpired for every binding that lapses without refresh.
 
 The due-time index (`expiry-due`, kept by the registrations projection) is swept by a Lua
-script that removes each due AOR and appends its RegistrationExpired in one atomic step, so
+script that removes each due AOR, appends its RegistrationExpired and deletes its `user:<aor>`
+record and `active-user` member (the inline projection of the lapse) in one atomic step, so
 with any number of processes running each lapse gives exactly one event, and a process that
 dies mid-sweep loses none.
 """
@@ -16,8 +17,9 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events import StreamNames, new_event_id
+from events import StreamNames, new_event_id, user_key
 from events.envelope import utc_now
+from events.streams import ACTIVE_USER_KEY
 from runtime.eventlog import retention_min_id
 from runtime.redis_scripts import Script
 
@@ -32,13 +34,18 @@ for i = 1, #due, 2 do
   local granted = redis.call('HGET', KEYS[2], aor)
   if granted then
     n = n + 1
-    local eid = ARGV[4 + n]
+    local eid = ARGV[5 + n]
     local data = '{"event_id":' .. cjson.encode(eid) .. ',"occurred_at":' .. cjson.encode(ARGV[2])
       .. ',"correlation_id":' .. cjson.encode(eid) .. ',"causation_id":' .. cjson.encode(granted)
       .. ',"aor":' .. cjson.encode(aor) .. ',"expiry_time_ms":' .. string.format('%d', tonumber(score))
       .. ',"granted_event_id":' .. cjson.encode(granted) .. '}'
     redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[3], '*', 'type', 'RegistrationExpired', 'v', '1',
       'data', data)
+    -- the inline projection of the lapse: the record and its active-user member go with the event
+    local user = ARGV[5] .. aor
+    redis.call('HDEL', KEYS[2], aor)
+    redis.call('DEL', user)
+    redis.call('ZREM', KEYS[4], user)
   end
 end
 return {n, #due / 2}
@@ -83,8 +90,9 @@ class ExpirySweeper:
             min_id = retention_min_id(self.retention_s, now_ms)
             ids = [new_event_id() for _ in range(self.batch)]
             now_iso = utc_now().isoformat().replace("+00:00", "Z")
-            keys = (self.names.expiry_due, self.names.registration_versions, self.names.registrations)
-            result = await SWEEP_SCRIPT.run(self.redis, keys, (now_ms, now_iso, min_id, self.batch, *ids))
+            keys = (self.names.expiry_due, self.names.registration_versions, self.names.registrations, ACTIVE_USER_KEY)
+            args: tuple[str | int, ...] = (now_ms, now_iso, min_id, self.batch, user_key(""), *ids)
+            result = await SWEEP_SCRIPT.run(self.redis, keys, args)
             appended, scanned = (int(x) for x in result)  # type: ignore[attr-defined]
             total += appended
             if scanned < self.batch:

@@ -67,6 +67,8 @@ REASON_INVALID_AOR = "Invalid address of record"
 REASON_DEACTIVATED = "Account has been deactivated"
 REASON_UNKNOWN_REALM = "Unknown or invalid realm"
 REASON_INVALID_CREDENTIALS = "Invalid credentials"
+REASON_LIMIT_CHECK = "Device limit check failed"
+REASON_AUTHORIZATION = "Malformed Authorization header"
 BUSY_RETRY_AFTER_S = 5
 PHRASE_MAX_DEVICES = "Max Devices Registered"
 
@@ -260,7 +262,7 @@ def check_account(
             # jambonz lets the request through on ECONNREFUSED, without an account, so the
             # digest step answers "Unknown or invalid realm" (in hosted mode too).
             return sit.reject(403, f"account lookup could not connect: {account.detail}", x_reason=REASON_UNKNOWN_REALM)
-        return sit.reject(500, f"account lookup failed: {account.detail}")
+        return sit.reject(500, f"account lookup failed: {account.detail}", x_reason="Account lookup failed")
     if account is NOT_FOUND:
         if hosting:
             return sit.reject(403, "unknown realm (hosted mode)")
@@ -295,10 +297,14 @@ def check_device_limit(
     if isinstance(capacities, StoreFailure):
         if capacities.refused:
             return None
-        return sit.reject(500, f"capacity lookup failed: {capacities.detail}", account=account)
+        return sit.reject(
+            500, f"capacity lookup failed: {capacities.detail}", x_reason=REASON_LIMIT_CHECK, account=account
+        )
     limit = device_limit(account, capacities)
     if limit is None:
-        return sit.reject(500, "account has no voice_call_session product", account=account)
+        return sit.reject(
+            500, "account has no voice_call_session product", x_reason=REASON_LIMIT_CHECK, account=account
+        )
     if limit == 0:
         return _device_limit_reached(sit, account, 0, "device calling not allowed for this account")
     if device_count is None:
@@ -306,7 +312,9 @@ def check_device_limit(
     if isinstance(device_count, StoreFailure):
         if device_count.refused:
             return None
-        return sit.reject(500, f"device count failed: {device_count.detail}", account=account)
+        return sit.reject(
+            500, f"device count failed: {device_count.detail}", x_reason=REASON_LIMIT_CHECK, account=account
+        )
     if device_count > limit + 1:
         return _device_limit_reached(sit, account, limit, f"{device_count} devices, limit {limit}")
     return None
@@ -351,7 +359,9 @@ def check_credentials(sit: Situation, nonces: NonceSigner, account: Account) -> 
         return challenge(sit, nonces)
     missing = missing_fields(credentials)
     if missing:
-        return sit.reject(500, f"Authorization lacks {', '.join(missing)}", account=account)
+        return sit.reject(
+            500, f"Authorization lacks {', '.join(missing)}", x_reason=REASON_AUTHORIZATION, account=account
+        )
     realm = sit.request.aor_host or ""
     if nonces.verify(credentials.nonce or "", realm, sit.now_ms / 1000) is NonceCheck.STALE:
         return challenge(sit, nonces, stale=True)
@@ -373,18 +383,20 @@ def judge_webhook(
         headers = [(X_REASON, "webhook busy"), ("Retry-After", str(BUSY_RETRY_AFTER_S))]
         return sit.reject(503, cause, x_reason="webhook busy", headers=headers, account=account)
     if verdict.failure is WebhookFailure.NOT_JSON:
-        return sit.reject(500, "webhook answered 200 without a JSON object", account=account)
+        return sit.reject(
+            500, "webhook answered 200 without a JSON object", x_reason="webhook answered without JSON", account=account
+        )
     status = verdict.http_status
     if status != 200:
         failed = _webhook_failed(sit, account, hook, status)
         cause = f"webhook answered HTTP {status}"
         if status is not None and is_relayable_failure(status):
             return sit.reject(status, cause, account=account, alerts=(failed,))
-        return sit.reject(500, f"{cause}, not a SIP failure code", account=account, alerts=(failed,))
+        return sit.reject(500, f"{cause}, not a SIP failure code", x_reason=cause, account=account, alerts=(failed,))
     body = verdict.body or {}
     result = body.get("status")
     if not isinstance(result, str):
-        return sit.reject(500, "webhook JSON has no status", account=account)
+        return sit.reject(500, "webhook JSON has no status", x_reason="webhook answer has no status", account=account)
     if result.lower() != "ok":
         if body.get("blacklist") is True:
             x_reason = f"detected potential spammer from {sit.request.source_ip}:{sit.request.source_port}"
@@ -410,7 +422,9 @@ def judge_client(
 ) -> Decision | Grant:
     """The `clients` table check (SPEC 2.7): active client and a matching digest response."""
     if isinstance(client, StoreFailure):
-        return sit.reject(500, f"client lookup failed: {client.detail}", account=account)
+        return sit.reject(
+            500, f"client lookup failed: {client.detail}", x_reason="Client lookup failed", account=account
+        )
 
     def invalid(cause: str) -> Decision:
         return sit.reject(403, cause, x_reason=REASON_INVALID_CREDENTIALS, account=account)
@@ -425,7 +439,7 @@ def judge_client(
     try:
         password = passwords.decrypt(client.password)
     except ClientPasswordError as exc:
-        return sit.reject(500, str(exc), account=account)
+        return sit.reject(500, str(exc), x_reason="Client password unreadable", account=account)
     credentials = sit.request.authorization
     if credentials is None or not verify_response(credentials, password):
         return invalid("digest response does not match")

@@ -83,6 +83,11 @@ class WebhookGate:
                 return WebhookVerdict(failure=WebhookFailure.BUSY)
             finally:
                 tenant.waiting -= 1
+            if tenant.open_until > self.clock() and not trial:
+                # The circuit opened while this request waited for a slot: no call, as for those that came later.
+                tenant.slots.release()
+                self.stats.short_circuited += 1
+                return WebhookVerdict(failure=WebhookFailure.CIRCUIT_OPEN)
             try:
                 self.stats.calls += 1
                 verdict = await call()

@@ -621,7 +621,9 @@ async def test_a_registrar_crash_loses_and_doubles_no_register(
 ) -> None:
     realm = hooked_realm
     env = {"SIDECAR_CLAIM_IDLE_MS": "1500", "SIDECAR_WEBHOOK_TIMEOUT_S": "1", "SIDECAR_BATCH_SIZE": "8"}
-    webhook.delay_s = 0.25  # REGISTERs stay in flight in a registrar long enough to be caught by the crash
+    # REGISTERs stay in flight in a registrar long enough to be caught by the crash: each of them, since the
+    # registrar decides each REGISTER on its own as soon as its webhook answers (no batch to wait for).
+    webhook.delay_s = 0.6
     # A whole second sidecar of the cluster; the SIP traffic goes to the survivor only. Its registrar's
     # consumer shows in the group once it has read an entry: one REGISTER through its own ingest.
     doomed = await sidecars(env=env)
@@ -639,8 +641,8 @@ async def test_a_registrar_crash_loses_and_doubles_no_register(
     flows = asyncio.gather(*(staggered(n) for n in range(MANY_USERS)))
 
     async def doomed_holds_work() -> bool:
-        # Held across 100 ms: a batch waiting on the webhook (0.25 s), not a batch of first REGISTERs that
-        # commits within milliseconds (crashing after that commit would leave nothing to take over).
+        # Held across 100 ms: REGISTERs waiting on the webhook (0.6 s), not first REGISTERs that commit
+        # within milliseconds (crashing after that commit would leave nothing to take over).
         if (await registrar_consumers(redis, names)).get(doomed_consumer, 0) == 0:
             return False
         await asyncio.sleep(0.1)

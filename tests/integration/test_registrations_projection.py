@@ -123,9 +123,42 @@ async def test_one_expiry_event_per_lapse_with_two_sweepers(
         assert isinstance(event, RegistrationExpired)
         assert event.aor == aor and event.granted_event_id == entry_id
         assert event.expiry_time_ms == lapsing.expiry_time_ms
-        await apply(redis, projection, expired[0].entry_id, event)
+        # The sweep removed the record with the event (inline): nothing is left for a projection to do.
+        assert not await redis.exists(user_key(aor))
         assert await redis.zscore(ACTIVE_USER_KEY, user_key(aor)) is None
+        assert await redis.hget(names.registration_versions, aor) is None
+        assert await redis.exists(user_key(other))
         assert await redis.zscore(ACTIVE_USER_KEY, user_key(other)) == alive.expiry_time_ms
     finally:
         await redis.delete(user_key(other))
         await redis.zrem(ACTIVE_USER_KEY, user_key(other))
+
+
+async def test_inline_the_fact_and_its_record_commit_together_and_stay_order_safe(
+    redis: Redis, names: StreamNames, eventlog: EventLog, aor: str
+) -> None:
+    projection = RegistrationsProjection(names)
+    eventlog.project_inline(names.registrations, projection.inline)
+    grant = granted(aor, 120)
+    command = eventlog.append_command(names.registrations, grant)
+    assert command[0] == "EVALSHA"
+    await eventlog.commit([command], scripts_used([command]))
+    [stored] = await eventlog.read(names.registrations)
+    assert stored.event == grant
+    assert json.loads(await redis.get(user_key(aor)))["contact"] == grant.contact
+    assert 118 <= await redis.ttl(user_key(aor)) <= 120
+    assert await redis.zscore(ACTIVE_USER_KEY, user_key(aor)) == grant.expiry_time_ms
+    assert (await redis.hget(names.registration_versions, aor)).decode() == stored.entry_id
+    # A replay of an older grant (the async path) does not overwrite what the inline write stored.
+    older = granted(aor, 60, contact="sip:alice@10.0.0.9:5060")
+    await apply(redis, projection, "1-1", older)
+    assert json.loads(await redis.get(user_key(aor)))["contact"] == grant.contact
+    # A removal commits its deletions the same way; facts of other kinds stay plain XADDs.
+    removal = RegistrationRemoved(**stamp(), aor=aor, source_ip="10.0.0.1", source_port=5060, call_id="c")
+    command = eventlog.append_command(names.registrations, removal)
+    await eventlog.commit([command], scripts_used([command]))
+    assert not await redis.exists(user_key(aor))
+    assert await redis.zscore(ACTIVE_USER_KEY, user_key(aor)) is None
+    assert await redis.zscore(names.expiry_due, aor) is None
+    lapse = RegistrationExpired(**stamp(), aor=aor, expiry_time_ms=0, granted_event_id="1-1")
+    assert eventlog.append_command(names.registrations, lapse)[0] == "XADD"

@@ -119,3 +119,24 @@ async def test_no_breaker_when_failures_is_zero() -> None:
     for _ in range(20):
         await gate.call("acme", answering(TIMED_OUT, calls), max_wait_s=1)
     assert len(calls) == 20
+
+
+async def test_a_call_waiting_for_a_slot_when_the_circuit_opens_is_not_made() -> None:
+    clock = Clock()
+    gate = WebhookGate(max_concurrency=1, breaker_failures=1, open_s=30.0, clock=clock)
+    release = asyncio.Event()
+    made: list[str] = []
+
+    async def hanging_then_timeout() -> WebhookVerdict:
+        made.append("first")
+        await release.wait()
+        return TIMED_OUT
+
+    first = asyncio.create_task(gate.call("acme", hanging_then_timeout, max_wait_s=5))
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(gate.call("acme", answering(OK, made, "second"), max_wait_s=5))
+    await asyncio.sleep(0)
+    release.set()  # the first call fails and opens the circuit while the second waits for the slot
+    assert (await first).failure is WebhookFailure.TIMEOUT
+    assert (await waiting).failure is WebhookFailure.CIRCUIT_OPEN
+    assert made == ["first"]
