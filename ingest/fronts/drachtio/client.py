@@ -34,7 +34,7 @@ from ingest.fronts.drachtio.hostports import (
     private_sip_address,
     public_sip_addresses,
 )
-from ingest.fronts.drachtio.link import DrachtioStats, Link
+from ingest.fronts.drachtio.link import REFUSALS_PER_LOG_LINE, DrachtioStats, Link
 from ingest.fronts.drachtio.messages import (
     CommandReply,
     ServerMessage,
@@ -249,7 +249,7 @@ class DrachtioFront:
         loop = asyncio.get_running_loop()
         link: Link | None = None
         error: BaseException | None = None
-        ready_at = 0.0
+        ready_at: float | None = None
         cut_off = unconfirmed = 0
         try:
             link = await Link.open(self._host, self._port, self.stats, self._request_timeout_s)
@@ -276,7 +276,7 @@ class DrachtioFront:
                 self._late.link_down()
                 cut_off = link.requests_open
                 unconfirmed = link.close(DrachtioConnectionError("drachtio connection lost"))
-        if not ready_at:
+        if ready_at is None:
             if error is not None:
                 log.warning("drachtio link down host=%s port=%d error=%r", self._host, self._port, error)
             return 0.0
@@ -287,9 +287,10 @@ class DrachtioFront:
         """The one line (and the counters) of a link that went down after it was ready."""
         self.stats.links_lost += 1
         self.stats.requests_cut_off += cut_off
-        corrupt = isinstance(error, FrameFormatError)
-        if corrupt:
+        discarded = False
+        if isinstance(error, FrameFormatError):
             self.stats.streams_corrupt += 1
+            discarded = error.discarded
         log.warning(
             "drachtio link lost host=%s port=%d error=%r requests_cut_off=%d answers_unconfirmed=%d "
             "corrupt_frame_discarded=%s: reconnecting",
@@ -298,7 +299,7 @@ class DrachtioFront:
             error,
             cut_off,
             unconfirmed,
-            isinstance(error, FrameFormatError) and error.discarded,
+            discarded,
         )
 
     async def _handshake(self, link: Link) -> None:
@@ -423,11 +424,15 @@ class DrachtioFront:
             self._answer_now(link, transaction_id, sip)
             return
         if self._closing or len(self._handlers) >= MAX_IN_FLIGHT_REQUESTS or self._tasks is None:
-            log.warning(
-                "drachtio request refused method=%s in_flight=%d answer=503",
-                message.method,
-                len(self._handlers),
-            )
+            self.stats.requests_refused += 1
+            if self.stats.requests_refused % REFUSALS_PER_LOG_LINE == 1:  # the first, then one line per thousand
+                log.warning(
+                    "drachtio request refused method=%s in_flight=%d closing=%s answer=503 refused=%d",
+                    message.method,
+                    len(self._handlers),
+                    self._closing,
+                    self.stats.requests_refused,
+                )
             self._answer_now(link, transaction_id, render_response(message, 503, "Service Unavailable"))
             return
         facts = TransportFacts(

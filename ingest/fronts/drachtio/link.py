@@ -38,7 +38,7 @@ _READ_CHUNK_BYTES = 65536
 # Frames written and not yet taken by the kernel. Past this drachtio has stopped reading (at 8,000
 # answers/s of ~400 bytes this is 5 s of them): the link is dropped rather than the memory grown.
 MAX_UNSENT_BYTES = 16 * 1024 * 1024
-REFUSALS_PER_LOG_LINE = 1000  # a NOK is logged for the first refusal, then once per this many
+REFUSALS_PER_LOG_LINE = 1000  # a refusal is logged the first time, then once per this many
 
 Dispatch = Callable[[ServerMessage], None]
 
@@ -52,6 +52,7 @@ class DrachtioStats:
     reconnects: int = 0
     dropped_unparseable: int = 0
     bad_requests: int = 0  # answered 400 here: not UTF-8, a required header missing, a bad CSeq
+    requests_refused: int = 0  # answered 503 here: closing, or MAX_IN_FLIGHT_REQUESTS handlers busy
     links_lost: int = 0  # links that went down after they were ready
     streams_corrupt: int = 0  # of those, links dropped because a frame from drachtio was malformed
     requests_cut_off: int = 0  # requests not yet answered on a link when it went down
