@@ -145,7 +145,7 @@ class Settings:
     reply_timeout_s: float = 10.0
     max_pending: int = 1000
     max_in_flight: int = 2000
-    webhook_max_concurrency: int = 100
+    webhook_max_concurrency: int = 400
     webhook_breaker_failures: int = 5
     webhook_breaker_open_s: float = 30.0
     ingest_id: str = ""
@@ -437,7 +437,7 @@ class _Reader:
             reply_timeout_s=self.number("SIDECAR_REPLY_TIMEOUT_S", 10.0, minimum=0.1),
             max_pending=self.integer("SIDECAR_MAX_PENDING", 1000, minimum=0),
             max_in_flight=self.integer("SIDECAR_MAX_IN_FLIGHT", 2000, minimum=1),
-            webhook_max_concurrency=self.integer("SIDECAR_WEBHOOK_MAX_CONCURRENCY", 100, minimum=1),
+            webhook_max_concurrency=self.integer("SIDECAR_WEBHOOK_MAX_CONCURRENCY", 400, minimum=1),
             webhook_breaker_failures=self.integer("SIDECAR_WEBHOOK_BREAKER_FAILURES", 5, minimum=0),
             webhook_breaker_open_s=self.number("SIDECAR_WEBHOOK_BREAKER_OPEN_S", 30.0, minimum=0.1),
             ingest_id=self.text("SIDECAR_INGEST_ID", f"{socket.gethostname()}-{os.getpid()}"),

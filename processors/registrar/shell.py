@@ -74,7 +74,7 @@ class RegistrarConfig:
     http_user_agent: str | None = None  # JAMBONES_HTTP_USER_AGENT_HEADER
     account_cache_ttl_s: float = DEFAULT_CACHE_TTL_S  # JAMBONES_MYSQL_REFRESH_TTL, else 5 s
     store_timeout_s: float = 5.0  # deadline of each MySQL query and Redis read
-    webhook_max_concurrency: int = 100  # SIDECAR_WEBHOOK_MAX_CONCURRENCY, per account
+    webhook_max_concurrency: int = 400  # SIDECAR_WEBHOOK_MAX_CONCURRENCY, per account
     webhook_breaker_failures: int = 5  # SIDECAR_WEBHOOK_BREAKER_FAILURES (0: no breaker)
     webhook_breaker_open_s: float = 30.0  # SIDECAR_WEBHOOK_BREAKER_OPEN_S
     streams: StreamNames = StreamNames()  # the partition this registrar consumes and writes

@@ -44,7 +44,7 @@ class GateStats:
 
 @dataclass(slots=True)
 class WebhookGate:
-    max_concurrency: int = 100
+    max_concurrency: int = 400
     breaker_failures: int = 5  # 0: no breaker
     open_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
