@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.fronts.front import RequestHandler, TransportFacts
+from ingest.fronts.native.limits import FloodGuard
 from ingest.fronts.native.transactions import ServerTransaction, TransactionTable
 from ingest.sip import SipParseError, SipRequest, SipResponse, make_response, parse_message
 from ingest.sip.keepalive import answer_plain_options
@@ -32,6 +33,9 @@ class FrontStats:
     responses_sent: int = 0
     handler_errors: int = 0
     rejected_draining: int = 0
+    flood_dropped: int = 0  # messages over a source's per-second limit, dropped unread
+    connections_refused: int = 0  # stream connections over a source's limit
+    connections_timed_out: int = 0  # stream connections closed with a message begun and not finished in time
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -129,9 +133,12 @@ class Dispatcher:
     waits for those in flight.
     """
 
-    def __init__(self, max_message_bytes: int, on_response: Callable[[SipResponse], None]) -> None:
+    def __init__(
+        self, max_message_bytes: int, on_response: Callable[[SipResponse], None], flood: FloodGuard | None = None
+    ) -> None:
         self.max_message_bytes = max_message_bytes
         self.on_response = on_response
+        self.flood = flood  # None: no per-source rate limit
         self.handler: RequestHandler | None = None
         self.stats = FrontStats()
         self.sbc_address = ""
@@ -144,6 +151,9 @@ class Dispatcher:
     ) -> None:
         """Entry point of every transport for one complete message. Never raises."""
         self.stats.received += 1
+        if self.flood is not None and not self.flood.admit(source[0]):
+            self.stats.flood_dropped += 1
+            return
         if data[:8] == b"OPTIONS " and self._answered_keepalive(data, source, send):
             return
         try:

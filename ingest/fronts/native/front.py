@@ -7,15 +7,17 @@ import logging
 import socket
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ingest.fronts.front import OutboundRequest, RequestHandler
 from ingest.fronts.native.client import ClientTransactions
 from ingest.fronts.native.dispatch import Dispatcher, FrontStats
-from ingest.fronts.native.stream import StreamConnection
+from ingest.fronts.native.limits import ConnectionBound, FloodGuard, TrustedSources
+from ingest.fronts.native.stream import StreamConnection, StreamLimits
 from ingest.fronts.native.udp import UdpListener
 from ingest.fronts.native.websocket import WebSocketListener
 from ingest.sip import SipResponse
-from runtime.settings import SipListen, SipSettings
+from runtime.settings import DEFAULT_TRUSTED_SOURCES, SipListen, SipSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,16 @@ def _grow_buffers(transport: object) -> None:
                 log.debug("udp buffer size left as it was error=%s", exc)
 
 
+@dataclass(frozen=True, slots=True)
+class SipAbuseLimits:
+    """The per-source limits of the front (SipSettings' trusted sources, flood and connection limits)."""
+
+    trusted_sources: tuple[str, ...] = DEFAULT_TRUSTED_SOURCES
+    flood_max_per_s: int = 200
+    message_deadline_s: float = 10.0
+    max_connections_per_ip: int = 100
+
+
 class NativeFront:
     """A SipFront over our own sockets. Enter to bind every listener; leave to drain and close."""
 
@@ -76,6 +88,7 @@ class NativeFront:
         max_message_bytes: int = 65536,
         idle_timeout_s: float = 600.0,
         reuse_port: bool = False,
+        abuse: SipAbuseLimits | None = None,
     ) -> None:
         self.reuse_port = reuse_port
         self.listen = tuple(listen)
@@ -85,7 +98,16 @@ class NativeFront:
         self.max_message_bytes = max_message_bytes
         self.idle_timeout_s = idle_timeout_s
         self.client = ClientTransactions(self._send_udp, self._local_host, self._local_port)
-        self.dispatcher = Dispatcher(max_message_bytes, self._on_response)
+        abuse = abuse or SipAbuseLimits()
+        trusted = TrustedSources(abuse.trusted_sources)
+        flood = FloodGuard(abuse.flood_max_per_s, trusted) if abuse.flood_max_per_s > 0 else None
+        self.dispatcher = Dispatcher(max_message_bytes, self._on_response, flood)
+        self.stream_limits = StreamLimits(
+            idle_timeout_s=idle_timeout_s,
+            max_message_bytes=max_message_bytes,
+            message_deadline_s=abuse.message_deadline_s,
+            bound=ConnectionBound(abuse.max_connections_per_ip, trusted),
+        )
         self._udp: list[UdpListener] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._websockets: list[WebSocketListener] = []
@@ -103,6 +125,12 @@ class NativeFront:
             max_message_bytes=settings.max_message_bytes,
             idle_timeout_s=settings.idle_timeout_s,
             reuse_port=settings.reuse_port,
+            abuse=SipAbuseLimits(
+                trusted_sources=settings.trusted_sources,
+                flood_max_per_s=settings.flood_max_per_s,
+                message_deadline_s=settings.message_deadline_s,
+                max_connections_per_ip=settings.max_connections_per_ip,
+            ),
         )
 
     @property
@@ -162,12 +190,12 @@ class NativeFront:
         elif item.transport in ("tcp", "tls"):
             context = _tls_context(self.tls_cert, self.tls_key) if item.transport == "tls" else None
             server = await loop.create_server(
-                lambda: StreamConnection(
-                    self.dispatcher, item.transport, self.idle_timeout_s, self.max_message_bytes, self._connections
-                ),
+                lambda: StreamConnection(self.dispatcher, item.transport, self.stream_limits, self._connections),
                 item.host,
                 item.port,
                 ssl=context,
+                # A TLS handshake is bytes before a message: it gets the message deadline too.
+                ssl_handshake_timeout=self.stream_limits.message_deadline_s if context is not None else None,
                 reuse_port=self.reuse_port,
                 reuse_address=True,
             )
@@ -183,6 +211,7 @@ class NativeFront:
                 context,
                 self.idle_timeout_s,
                 self.max_message_bytes,
+                self.stream_limits.bound,
             )
             await listener.start()
             self._websockets.append(listener)

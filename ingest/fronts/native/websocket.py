@@ -9,6 +9,7 @@ import ssl
 from aiohttp import WSMsgType, web
 
 from ingest.fronts.native.dispatch import Dispatcher
+from ingest.fronts.native.limits import ConnectionBound
 from ingest.fronts.native.transactions import TransactionTable
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class WebSocketListener:
         ssl_context: ssl.SSLContext | None,
         idle_timeout_s: float,
         max_message_bytes: int,
+        bound: ConnectionBound | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.transport_name = transport_name
@@ -34,6 +36,7 @@ class WebSocketListener:
         self.ssl_context = ssl_context
         self.idle_timeout_s = idle_timeout_s
         self.max_message_bytes = max_message_bytes
+        self.bound = bound
         self.bound_port = port
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
@@ -64,6 +67,17 @@ class WebSocketListener:
         )
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="SIP over WebSocket only (subprotocol sip)")
+        peer_ip = request.remote or ""
+        if self.bound is not None and not self.bound.acquire(peer_ip):
+            self.dispatcher.stats.connections_refused += 1
+            return web.Response(status=503, text="too many connections from this address")
+        try:
+            return await self._serve_sip(request, ws)
+        finally:
+            if self.bound is not None:
+                self.bound.release(peer_ip)
+
+    async def _serve_sip(self, request: web.Request, ws: web.WebSocketResponse) -> web.StreamResponse:
         await ws.prepare(request)
         if ws.ws_protocol != "sip":
             await ws.close(code=1002, message=b"subprotocol sip required")
