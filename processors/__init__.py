@@ -12,6 +12,7 @@ def build(services: Services) -> list[Worker]:
     """The processors role: the registrar on `requests` (many requests in flight), the heartbeat on
     `heartbeats` (its own consumer: a heartbeat never waits behind a registration), and the sweepers."""
     from events.streams import GROUP_HEARTBEAT, GROUP_PROCESSORS
+    from processors.answer_timing import TimedRegistrar
     from processors.expiry import ExpirySweeper
     from processors.heartbeat import Heartbeat, ServerExpiry
     from processors.registrar import Registrar, RegistrarConfig
@@ -37,7 +38,7 @@ def build(services: Services) -> list[Worker]:
             services.eventlog,
             services.names.requests,
             GROUP_PROCESSORS,
-            registrar,
+            TimedRegistrar(registrar, services.metrics),
             max_in_flight=settings.max_in_flight,
         ),
         Consumer(services.eventlog, services.names.heartbeats, GROUP_HEARTBEAT, heartbeat),

@@ -10,9 +10,9 @@ if TYPE_CHECKING:
 
 def build(services: Services) -> list[Worker]:
     """The projections role: the history (one consumer over `registrations` and `requests`) and the InfluxDB
-    alerts beside it. The registration records are written inline, with the decisions (processors)."""
+    alerts and stats beside it. The registration records are written inline, with the decisions (processors)."""
     from events.streams import GROUP_PROJECTIONS
-    from projections import alerts
+    from projections import stats
     from projections.history import HistoryProjection
     from runtime.consumer import Consumer
 
@@ -26,5 +26,5 @@ def build(services: Services) -> list[Worker]:
             handler,
             linger_ms=services.settings.eventlog.projection_linger_ms,
         ),
-        *alerts.build(services),
+        *stats.build(services),
     ]

@@ -9,13 +9,16 @@ import signal
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 
+import aiomysql
+
 from events import StreamNames, default_codec
 from runtime.connections import open_http, open_mysql, open_redis, resp_link_settings
 from runtime.eventlog import EventLog
-from runtime.health import HealthServer
+from runtime.health import Dependencies, HealthServer
+from runtime.metrics import Metrics, TimedHttpClient
 from runtime.services import Services, Worker
 from runtime.settings import Settings
-from runtime.webclient import HttpClient
+from runtime.statsd import StatsdClient
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,22 @@ def collect_metrics(workers: Sequence[Worker]) -> dict[str, float]:
     return values
 
 
+async def _sbc_addresses(
+    stack: AsyncExitStack, settings: Settings, mysql: aiomysql.Pool | None, ingest_workers: Sequence[Worker]
+) -> Worker:
+    """The sbc_addresses keeper of the ingest's front, writing through the write pool when there is one."""
+    from processors.sbc_addresses import build_keeper
+
+    if settings.mysql_write is not None:
+        pool = await stack.enter_async_context(open_mysql(settings.mysql_write))
+    else:
+        pool = mysql or await stack.enter_async_context(open_mysql(settings.mysql))
+    front = next(f for w in ingest_workers if (f := getattr(w, "front", None)) is not None)
+    return build_keeper(
+        pool, front, keep_alive_ms=settings.sbc_public_address_keep_alive_ms, dead_sbc_s=settings.dead_sbc_s
+    )
+
+
 async def _wait_stores(services: Services, timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
         await services.redis.ping()
@@ -78,19 +97,30 @@ async def run(
         mysql = await stack.enter_async_context(open_mysql(settings.mysql)) if needs_mysql else None
         needs_http = "projections" in roles  # the InfluxDB alerts
         http = await stack.enter_async_context(open_http(settings.http_user_agent)) if needs_http else None
-        webhooks = HttpClient() if needs_mysql else None  # the webhook request names its User-Agent itself
+        statsd = await stack.enter_async_context(StatsdClient(settings.statsd)) if settings.enable_metrics else None
+        metrics = Metrics(statsd)
+        # The webhook request names its User-Agent itself; its calls are timed into the metrics.
+        webhooks = TimedHttpClient(metrics) if needs_mysql else None
         if webhooks is not None:
             stack.callback(webhooks.close)
         names = StreamNames(settings.eventlog.cluster_id)
         codec = default_codec()
         eventlog = EventLog(redis, codec, names, settings.eventlog, resp_link_settings(settings.redis))
         stack.callback(eventlog.close)
-        services = Services(settings, redis, mysql, http, codec, names, eventlog, webhooks)
+        services = Services(settings, redis, mysql, http, codec, names, eventlog, webhooks, metrics=metrics)
         await _wait_stores(services)
         builders = role_builders()
         staged: list[list[Worker]] = [builders[role](services) for role in ROLES if role in roles]
+        if "ingest" in roles:  # the SBC's public addresses in sbc_addresses, from the SIP front's hostport
+            staged[0].append(await _sbc_addresses(stack, settings, mysql, staged[0]))
         workers = [w for stage in staged for w in stage]
-        health = HealthServer(*settings.http_listen, workers, metrics=lambda: collect_metrics(workers))
+        health = HealthServer(
+            *settings.http_listen,
+            workers,
+            metrics=lambda: collect_metrics(workers),
+            dependencies=Dependencies(redis, names, mysql),
+            registry=metrics,
+        )
         log.info("starting roles=%s workers=%s", ",".join(roles), ",".join(w.name for w in workers))
         if tune_gc:
             _tune_gc()

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from events import EventCodec, StreamNames
 from runtime.eventlog import EventLog
+from runtime.metrics import Metrics
 from runtime.settings import Settings
 from runtime.webclient import HttpClient
 
@@ -47,3 +48,4 @@ class Services:
     eventlog: EventLog
     webhooks: HttpClient | None = None  # the registration webhook's keep-alive client (processors)
     clock: Clock = field(default=time.time)
+    metrics: Metrics = field(default_factory=Metrics)  # Prometheus families and StatsD

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from runtime.errors import ConfigError
 
 DEFAULT_NETWORK_CIDR = "192.168.0.0/24,172.16.0.0/16,10.0.0.0/8"
-DEFAULT_TRUSTED_SOURCES = ("127.0.0.0/8", "::1/128")
 SIP_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 
@@ -109,11 +108,6 @@ class SipSettings:
     idle_timeout_s: float = 600.0
     reuse_port: bool = False
     network_cidrs: tuple[str, ...] = tuple(DEFAULT_NETWORK_CIDR.split(","))
-    # Abuse limits of the native front. Trusted sources (loopback by default) are exempt from the two per-IP ones.
-    trusted_sources: tuple[str, ...] = DEFAULT_TRUSTED_SOURCES
-    flood_max_per_s: int = 200  # messages per second from one source IP; beyond, dropped (0: no limit)
-    message_deadline_s: float = 10.0  # a stream message must be complete this long after its first byte
-    max_connections_per_ip: int = 100  # TCP/TLS/WS connections from one source IP at once (0: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,18 +126,6 @@ class StatsdSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class AuthThrottleSettings:
-    """Brute-force throttling of the registrar (SIDECAR_AUTH_*): failed authentications that lead to a block."""
-
-    enabled: bool = True
-    failures_per_aor: int = 10
-    failures_per_ip: int = 30
-    window_s: int = 60
-    block_s: int = 300
-    block_max_s: int = 86_400
-
-
-@dataclass(frozen=True, slots=True)
 class EventLogSettings:
     cluster_id: str = "default"
     partitions: int = 1
@@ -153,8 +135,6 @@ class EventLogSettings:
     projection_linger_ms: int = 20
     claim_idle_ms: int = 30_000
     consumer_liveness_ms: int = 3000
-    workqueue_grace_s: int = 120
-    workqueue_grace_max: int = 1000
     max_deliveries: int = 5
     replies_maxlen: int = 5000
 
@@ -183,7 +163,6 @@ class Settings:
     webhook_max_concurrency: int = 400
     webhook_breaker_failures: int = 5
     webhook_breaker_open_s: float = 30.0
-    auth_throttle: AuthThrottleSettings = AuthThrottleSettings()
     ingest_id: str = ""
     sbc_public_address_keep_alive_ms: int = 900_000
     dead_sbc_s: int = 3600
@@ -201,9 +180,6 @@ class Settings:
     regbot_user_agent: str = "Jambonz 0.9.6"
     regbot_batch_size: int = 10
     regbot_batch_sleep_ms: int = 250
-    regbot_check_interval_s: float = 60.0  # SIDECAR_REGBOT_CHECK_INTERVAL_S: lock renewal and reconciliation
-    regbot_lock_ttl_s: int = 70  # SIDECAR_REGBOT_LOCK_TTL_S: the leader lock's TTL
-    regbot_start_delay_max_s: float = 14.0  # SIDECAR_REGBOT_START_DELAY_MAX_S: random wait before the first try
     socket_path: str = "/tmp/sbc-sip-sidecar.sock"
     enable_metrics: bool = False
     statsd: StatsdSettings = StatsdSettings()
@@ -405,39 +381,6 @@ class _Reader:
             telegraf=self.raw("STATS_TELEGRAF") in ("1", "true"),
         )
 
-    def trusted_sources(self) -> tuple[str, ...]:
-        """SIDECAR_SIP_TRUSTED_SOURCES: CIDRs exempt from the per-IP flood and connection limits (`none`: no one)."""
-        name = "SIDECAR_SIP_TRUSTED_SOURCES"
-        text = self.raw(name)
-        if text is None:
-            return DEFAULT_TRUSTED_SOURCES
-        if text.lower() == "none":
-            return ()
-        cidrs = tuple(part.strip() for part in text.split(",") if part.strip())
-        for cidr in cidrs:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(name, f"{cidr!r} is not a CIDR") from None
-        return cidrs
-
-    def auth_throttle(self) -> AuthThrottleSettings:
-        enabled = (self.raw("SIDECAR_AUTH_THROTTLE") or "on").lower()
-        if enabled not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
-            raise ConfigError("SIDECAR_AUTH_THROTTLE", f"must be on or off, got {enabled!r}")
-        block_s = self.integer("SIDECAR_AUTH_BLOCK_S", 300, minimum=1)
-        block_max_s = self.integer("SIDECAR_AUTH_BLOCK_MAX_S", 86_400, minimum=1)
-        if block_max_s < block_s:
-            raise ConfigError("SIDECAR_AUTH_BLOCK_MAX_S", f"must be at least SIDECAR_AUTH_BLOCK_S ({block_s})")
-        return AuthThrottleSettings(
-            enabled=enabled in ("on", "1", "true", "yes"),
-            failures_per_aor=self.integer("SIDECAR_AUTH_FAILURES_PER_AOR", 10, minimum=1),
-            failures_per_ip=self.integer("SIDECAR_AUTH_FAILURES_PER_IP", 30, minimum=1),
-            window_s=self.integer("SIDECAR_AUTH_FAILURE_WINDOW_S", 60, minimum=1),
-            block_s=block_s,
-            block_max_s=block_max_s,
-        )
-
     def cidrs(self) -> tuple[str, ...]:
         name = "JAMBONES_NETWORK_CIDR"
         text = self.text(name, DEFAULT_NETWORK_CIDR)
@@ -459,8 +402,6 @@ class _Reader:
             projection_linger_ms=self.integer("SIDECAR_PROJECTION_LINGER_MS", 20, minimum=0, maximum=10_000),
             claim_idle_ms=self.integer("SIDECAR_CLAIM_IDLE_MS", 30_000, minimum=100),
             consumer_liveness_ms=self.integer("SIDECAR_CONSUMER_LIVENESS_MS", 3000, minimum=300),
-            workqueue_grace_s=self.integer("SIDECAR_WORKQUEUE_GRACE_S", 120, minimum=0),
-            workqueue_grace_max=self.integer("SIDECAR_WORKQUEUE_GRACE_MAX", 1000, minimum=0),
             max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
             replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),
         )
@@ -517,10 +458,6 @@ class _Reader:
                 idle_timeout_s=self.number("SIDECAR_SIP_IDLE_TIMEOUT_S", 600.0, minimum=1.0),
                 reuse_port=self.raw("SIDECAR_SIP_REUSE_PORT") in ("1", "true", "yes"),
                 network_cidrs=self.cidrs(),
-                trusted_sources=self.trusted_sources(),
-                flood_max_per_s=self.integer("SIDECAR_SIP_FLOOD_MAX_PER_S", 200, minimum=0),
-                message_deadline_s=self.number("SIDECAR_SIP_MESSAGE_DEADLINE_S", 10.0, minimum=0.1),
-                max_connections_per_ip=self.integer("SIDECAR_SIP_MAX_CONNECTIONS_PER_IP", 100, minimum=0),
             ),
             eventlog=eventlog,
             encryption_secret=Secret(secret),
@@ -539,7 +476,6 @@ class _Reader:
             webhook_max_concurrency=self.integer("SIDECAR_WEBHOOK_MAX_CONCURRENCY", 400, minimum=1),
             webhook_breaker_failures=self.integer("SIDECAR_WEBHOOK_BREAKER_FAILURES", 5, minimum=0),
             webhook_breaker_open_s=self.number("SIDECAR_WEBHOOK_BREAKER_OPEN_S", 30.0, minimum=0.1),
-            auth_throttle=self.auth_throttle(),
             ingest_id=self.text("SIDECAR_INGEST_ID", f"{socket.gethostname()}-{os.getpid()}"),
             sbc_public_address_keep_alive_ms=self.integer("SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000),
             dead_sbc_s=self.integer("DEAD_SBC_IN_SECOND", 3600),
@@ -557,9 +493,6 @@ class _Reader:
             regbot_user_agent=self.text("JAMBONES_REGBOT_USER_AGENT", "Jambonz 0.9.6"),
             regbot_batch_size=self.integer("JAMBONES_REGBOT_BATCH_SIZE", 10, minimum=1),
             regbot_batch_sleep_ms=self.integer("JAMBONES_REGBOT_BATCH_SLEEP_MS", 250),
-            regbot_check_interval_s=self.number("SIDECAR_REGBOT_CHECK_INTERVAL_S", 60.0, minimum=0.1),
-            regbot_lock_ttl_s=self.integer("SIDECAR_REGBOT_LOCK_TTL_S", 70, minimum=1),
-            regbot_start_delay_max_s=self.number("SIDECAR_REGBOT_START_DELAY_MAX_S", 14.0),
             socket_path=self.text("SBC_SOCKET_PATH", "/tmp/sbc-sip-sidecar.sock"),
             enable_metrics=self.raw("ENABLE_METRICS") == "1",
             statsd=self.statsd(),

@@ -7,6 +7,7 @@ import pytest
 
 from events import DeviceLimitReached, WebhookFailed, stamp
 from projections.alerts import AlertsProjection, line_of
+from projections.timeseries import InfluxV1Writer
 from runtime.handling import Delivery, Outcome
 
 INFLUX = "http://127.0.0.1:8086"
@@ -40,7 +41,7 @@ async def test_alerts_reach_influxdb_once_per_event(cluster_id: str) -> None:
     ]
     deliveries = [Delivery("s", f"1-{i}", e) for i, e in enumerate(events)]
     async with aiohttp.ClientSession() as session:
-        projection = AlertsProjection(session, INFLUX)
+        projection = AlertsProjection(InfluxV1Writer(session, INFLUX))
         results = await projection.handle(deliveries)
         assert all(isinstance(r, Outcome) for r in results)
         await projection.handle(deliveries)  # re-delivered: the same points, not new ones
@@ -59,5 +60,7 @@ async def test_alerts_reach_influxdb_once_per_event(cluster_id: str) -> None:
 async def test_unreachable_influxdb_leaves_the_batch_for_retry(url: str) -> None:
     event = WebhookFailed(**stamp(), account_sid="x", url="http://h", status=500)
     async with aiohttp.ClientSession() as session:
-        results = await AlertsProjection(session, url, timeout_s=1).handle([Delivery("s", "1-0", event)])
+        results = await AlertsProjection(InfluxV1Writer(session, url, timeout_s=1)).handle(
+            [Delivery("s", "1-0", event)]
+        )
     assert isinstance(results[0], BaseException)
