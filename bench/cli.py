@@ -1,13 +1,5 @@
-"""`bench/run`: the registration and OPTIONS ladders against the sidecar, or the tenant-isolation
-scenario (--isolation), with a JSON report.
-
-bench/run                       all roles in one process
-bench/run --split --processors 2
-bench/run --smoke               one tiny step of each kind (CI)
-bench/run --profile 2400        also py-spy the service during the 2400/s registration step
-bench/run --webhook-delay-ms 250          the ladders with a customer webhook across the internet
-bench/run --isolation           another account's webhook hangs: account A's latency, heartbeats
-"""
+"""`bench/run`: the registration and OPTIONS ladders against the sidecar, the tenant-isolation
+scenario (--isolation) or the soak (--soak), with a JSON report. The options: bench/options.py."""
 
 from __future__ import annotations
 
@@ -28,103 +20,23 @@ from typing import Any
 import uvloop
 
 from bench.cpu import CpuMeter, calibrate, cpu_model
-from bench.digest import REALM
-from bench.infrastructure import REPO, BenchDatabase, BenchRedis, Servers, Tenant, free_port
+from bench.digest import PROBE_FIRST_USER, REALM
+from bench.footprint import RedisFootprint
+from bench.infrastructure import BenchDatabase, BenchRedis, Servers, Tenant, free_port
 from bench.isolation import HUNG_REALM, IsolationScenario, Phase, isolation_line, phase_line, verdict
 from bench.ladder import Ladder, StepResult
+from bench.options import build_parser
+from bench.phones import Fleet
 from bench.processes import ProcessGroup
 from bench.profiler import recorder, top_costs
 from bench.records import RecordCheck
 from bench.report import git_commit, last_line, step_line, summary, write_results
-from bench.sidecar import SIDECAR, Layout, RunningService, start_service, start_webhook, webhook_counts
+from bench.sidecar import Layout, RunningService, start_service, start_webhook, webhook_counts
 from bench.sipp import MAX_RUN_S, Sipp
+from bench.soak import ARCHIVE_TABLE, Soak, SoakPlan, round_line, soak_line
 from runtime.compiled import compiled_modules
 
-REGISTER_RATES = (200, 400, 800, 1200, 1600, 2000, 2400, 3200, 4800, 6400)
-OPTIONS_RATES = (1000, 2000, 5000, 10000, 20000, 30000, 40000, 50000, 60000)
 SMOKE = {"register": (20, 3.0), "options": (200, 2.0)}
-
-
-def rates(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"want a comma list of rates, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"want positive rates, got {text!r}")
-    return values
-
-
-def non_negative(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"want a whole number ≥ 0, got {text!r}")
-    return int(text)
-
-
-def positive(text: str) -> int:
-    value = non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("want a number > 0")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--split", action="store_true", help="run ingest, processors and projections as separate processes"
-    )
-    parser.add_argument("--processors", type=int, default=2, help="processor processes with --split (2)")
-    parser.add_argument(
-        "--ingests", type=int, default=1, help="ingest processes with --split, sharing the SIP port by SO_REUSEPORT (1)"
-    )
-    parser.add_argument("--smoke", action="store_true", help="one tiny step of each kind; exit 1 unless both hold")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per step (10; at most 25)")
-    parser.add_argument("--register-rates", type=rates, default=REGISTER_RATES, help="comma list, registrations/s")
-    parser.add_argument("--options-rates", type=rates, default=OPTIONS_RATES, help="comma list, OPTIONS/s")
-    parser.add_argument("--probe-rate", type=float, default=20.0, help="probe transactions per second (20)")
-    parser.add_argument(
-        "--webhook-delay-ms",
-        type=non_negative,
-        default=0,
-        metavar="N",
-        help="the bench webhook answers each call N ms after it arrived (0); the probe's latency includes it",
-    )
-    parser.add_argument(
-        "--all-steps", action="store_true", help="run every rate of a ladder, also after a step that does not hold"
-    )
-    isolation = parser.add_argument_group(
-        "tenant isolation", "--isolation runs this scenario instead of the ladders (see bench/isolation.py)"
-    )
-    isolation.add_argument(
-        "--isolation",
-        action="store_true",
-        help="account A under load, with and without account B's webhook hanging; times A and heartbeats",
-    )
-    isolation.add_argument("--isolation-rate", type=positive, default=200, metavar="RATE", help="A's sipp rate (200)")
-    isolation.add_argument(
-        "--hung-rate", type=positive, default=50, metavar="RATE", help="B's registrations/s to its hung webhook (50)"
-    )
-    isolation.add_argument(
-        "--heartbeat-rate", type=positive, default=5, metavar="RATE", help="feature-server heartbeats/s (5)"
-    )
-    parser.add_argument("--redis-db", type=int, default=11, help="Redis database number of the run (11)")
-    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument(
-        "--profile", type=int, metavar="RATE", help="py-spy the service processes during the registration step at RATE"
-    )
-    parser.add_argument(
-        "--sidecar",
-        default=str(SIDECAR),
-        metavar="COMMAND",
-        help="the sbc-sidecar executable to run (another build, for a before/after comparison)",
-    )
-    parser.add_argument(
-        "--keep-services", action="store_true", help="leave Redis/MariaDB running even if this run started them"
-    )
-    parser.add_argument("--keep-work", action="store_true", help="keep the work directory (logs, sipp stats)")
-    return parser
 
 
 def say(text: str) -> None:
@@ -211,7 +123,9 @@ class BenchRun:
                     records,
                     hung,
                 )
-                if hung is not None:
+                if self.args.soak:
+                    soak = await self._soak(stage, database)
+                elif hung is not None:
                     phases = await self._isolate(stage)
                 else:
                     results = await self._climb(stage)
@@ -222,6 +136,8 @@ class BenchRun:
             await redis.clean(realms)
             await redis.close()
             await database.drop()
+        if self.args.soak:
+            return self._report_soak(soak, redis_memory_bytes=memory)
         if hung is not None:
             return self._report_isolation(phases, redis_memory_bytes=memory)
         return self._report(*results, redis_memory_bytes=memory)
@@ -278,6 +194,29 @@ class BenchRun:
             )
             return await scenario.run(duration_s, lambda phase: say(phase_line(phase)))
         finally:
+            for child in service.children:
+                await stage.processes.stop(child)
+
+    async def _soak(self, stage: Stage, database: BenchDatabase) -> Soak:
+        """The soak against a service of its own; its rounds are reported on stderr as they end."""
+        plan = SoakPlan(
+            phones=self.args.phones,
+            rounds=self.args.rounds,
+            rate_per_s=self.args.soak_rate,
+            change_every=self.args.change_every,
+            change_percent=self.args.change_percent,
+        )
+        say(f"[bench] starting the service for the soak: {self.layout.mode}; {plan.as_dict()}")
+        service = await start_service(stage.processes, self.layout, stage.base_env)
+        footprint = RedisFootprint(stage.redis.new_client(), stage.redis.cluster_id, stage.tenant.realm)
+        try:
+            password, port = stage.tenant.user_password, service.sip_port
+            async with Fleet(plan.phones, target_port=port, realm=stage.tenant.realm, password=password) as fleet:
+                soak = Soak(service, fleet, footprint, lambda: database.count_rows(ARCHIVE_TABLE), plan)
+                await soak.run(lambda measured: say(round_line(soak, measured)))
+            return soak
+        finally:
+            await footprint.client.aclose()
             for child in service.children:
                 await stage.processes.stop(child)
 
@@ -392,6 +331,28 @@ class BenchRun:
         print(line, flush=True)
         return 0
 
+    def _report_soak(self, soak: Soak, *, redis_memory_bytes: int) -> int:
+        numbers = soak.summary()
+        line = soak_line(soak.plan, numbers)
+        document: dict[str, object] = {
+            "line": line,
+            "soak": numbers,
+            **self._context(redis_memory_bytes),
+            "config": {
+                **soak.plan.as_dict(),
+                "webhook_delay_ms": self.args.webhook_delay_ms,
+                "realm": REALM,
+                "archive_table": ARCHIVE_TABLE,
+            },
+            **soak.as_dict(),
+        }
+        say(f"[bench] soak bytes per phone by part: {numbers['bytes_per_phone_by_part']}")
+        say(f"[bench] soak targets of issue 12: {numbers['targets_met']}")
+        path = write_results(self.args.results_dir, document, suffix="-soak")
+        say(f"[bench] results: {path}")
+        print(line, flush=True)
+        return 0
+
     def _report(self, register: list[StepResult], options: list[StepResult], *, redis_memory_bytes: int) -> int:
         numbers = summary(register, options)
         line = last_line(numbers)
@@ -461,6 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.processors < 1:
         say("bench/run: --processors must be at least 1")
+        return 2
+    if args.phones > PROBE_FIRST_USER or not 0 <= args.change_percent <= 100:
+        say(f"bench/run: --phones goes up to {PROBE_FIRST_USER}, --change-percent from 0 to 100")
+        return 2
+    if args.soak and (args.isolation or args.smoke or args.profile or args.split):
+        say(
+            "bench/run: --soak runs instead of the ladders, in one process; no --isolation, --smoke, --profile, --split"
+        )
         return 2
     if args.isolation and (args.smoke or args.profile):
         say("bench/run: --isolation runs instead of the ladders; it takes neither --smoke nor --profile")

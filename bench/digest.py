@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 
 REALM = "bench.local"
 USER_COUNT = 1_000_000
@@ -56,3 +57,31 @@ def challenge_params(header_value: str) -> dict[str, str]:
     if scheme.lower() != "digest":
         raise ValueError(f"not a digest challenge: {header_value!r}")
     return {name.lower(): quoted if quoted else bare for name, quoted, bare in _PARAM.findall(rest)}
+
+
+def authorization(challenge_header: str, *, username: str, password: str, uri: str, method: str = "REGISTER") -> str:
+    """The `Authorization` header value answering a `WWW-Authenticate: Digest ...` challenge, as a phone
+    writes it (qop=auth when offered, a fresh cnonce, nc 1, the opaque echoed)."""
+    challenge = challenge_params(challenge_header)
+    qop = "auth" if "auth" in challenge.get("qop", "").split(",") else None
+    cnonce, nc = secrets.token_hex(8), "00000001"
+    response = digest_response(
+        username=username,
+        realm=challenge["realm"],
+        password=password,
+        method=method,
+        uri=uri,
+        nonce=challenge["nonce"],
+        qop=qop,
+        nc=nc,
+        cnonce=cnonce,
+    )
+    value = (
+        f'Digest username="{username}", realm="{challenge["realm"]}", nonce="{challenge["nonce"]}", '
+        f'uri="{uri}", response="{response}", algorithm=MD5'
+    )
+    if qop:
+        value += f', qop={qop}, nc={nc}, cnonce="{cnonce}"'
+    if "opaque" in challenge:
+        value += f', opaque="{challenge["opaque"]}"'
+    return value

@@ -179,6 +179,24 @@ class BenchDatabase:
         finally:
             connection.close()
 
+    async def count_rows(self, table: str) -> int | None:
+        """Rows of `table` in the bench database; None when there is no such table."""
+        connection = await self._connect(self.name)
+        try:
+            async with connection.cursor() as cursor:
+                await cursor.execute(
+                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                    (self.name, table),
+                )
+                (exists,) = await cursor.fetchone()
+                if not exists:
+                    return None
+                await cursor.execute(f"SELECT COUNT(*) FROM `{table}`")
+                (rows,) = await cursor.fetchone()
+                return int(rows)
+        finally:
+            connection.close()
+
     async def drop(self) -> None:
         connection = await self._connect(None)
         try:

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
-from bench.digest import PROBE_FIRST_USER, REALM, challenge_params, digest_response, user_name
+from bench.digest import PROBE_FIRST_USER, REALM, user_name
+from bench.digest import authorization as digest_authorization
 from bench.records import RecordCheck, RecordTally
 
 ANSWER_TIMEOUT_S = 5.0
@@ -247,28 +248,9 @@ class Probe:
         first = await self._exchange(f"{call_id} 1", self._register_message(user, call_id, 1))
         if first.status != 401 or "www-authenticate" not in first.headers:
             return Outcome(first.status, f"first answer {first.status}", time.perf_counter())
-        challenge = challenge_params(first.headers["www-authenticate"])
-        cnonce, nc = os.urandom(8).hex(), "00000001"
-        qop = "auth" if "auth" in challenge.get("qop", "").split(",") else None
-        response = digest_response(
-            username=user,
-            realm=challenge["realm"],
-            password=self.password,
-            method="REGISTER",
-            uri=uri,
-            nonce=challenge["nonce"],
-            qop=qop,
-            nc=nc,
-            cnonce=cnonce,
+        authorization = "Authorization: " + digest_authorization(
+            first.headers["www-authenticate"], username=user, password=self.password, uri=uri
         )
-        authorization = (
-            f'Authorization: Digest username="{user}", realm="{challenge["realm"]}", '
-            f'nonce="{challenge["nonce"]}", uri="{uri}", response="{response}", algorithm=MD5'
-        )
-        if qop:
-            authorization += f', qop={qop}, nc={nc}, cnonce="{cnonce}"'
-        if "opaque" in challenge:
-            authorization += f', opaque="{challenge["opaque"]}"'
         second = await self._exchange(f"{call_id} 2", self._register_message(user, call_id, 2, authorization))
         answered_at = time.perf_counter()
         return Outcome(second.status, None if second.status == 200 else f"second answer {second.status}", answered_at)

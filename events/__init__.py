@@ -16,6 +16,7 @@ from events.registration import (
     RegistrationRemoved,
     ReplyIssued,
     RequestExpired,
+    RequestSummary,
     WebhookFailed,
 )
 from events.servers import ServerCheckedIn, ServerExpired, ServerLeft
@@ -34,6 +35,7 @@ __all__ = [
     "RegisterRejected",
     "RegistrationExpired",
     "RequestExpired",
+    "RequestSummary",
     "RegistrationGranted",
     "RegistrationRefreshed",
     "RegistrationRemoved",

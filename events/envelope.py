@@ -12,11 +12,12 @@ import msgspec
 _random_bits = random.Random().getrandbits  # seeded from the OS when the module loads
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Base of every event: a past-tense fact (or, on the `commands` stream, an imperative).
 
     Subclasses set `TYPE` (a stable string, never a Python path) and `VERSION` (the schema
-    version they encode). The envelope fields below travel inside `data` with the payload.
+    version they encode). The envelope fields below travel inside `data` with the payload. Fields at
+    their default are left out of the encoding (decoding puts them back): entries cost Redis memory.
     """
 
     TYPE: ClassVar[str] = ""

@@ -23,6 +23,18 @@ class DigestCredentials(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     opaque: str | None = None
 
 
+class RequestSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the story of an AOR tells of the REGISTER a decision answers (no secrets): carried by the
+    decision's fact, so the history needs no request stream (which is a work queue, trimmed once read)."""
+
+    at: str  # the request's occurred_at, ISO 8601
+    transport: str
+    expires: int | None = None
+    credentials: bool = False  # whether it carried an Authorization header
+    username: str | None = None  # the credentials' username
+    user_agent: str | None = None
+
+
 class RegisterReceived(Event, frozen=True, kw_only=True):
     """A REGISTER reached the SIP edge; everything a processor needs, already parsed."""
 
@@ -71,6 +83,7 @@ class RegisterChallenged(Event, frozen=True, kw_only=True):
     source_ip: str
     source_port: int
     call_id: str
+    request: RequestSummary | None = None  # the REGISTER this answers
 
 
 class RegisterRejected(Event, frozen=True, kw_only=True):
@@ -87,6 +100,7 @@ class RegisterRejected(Event, frozen=True, kw_only=True):
     source_port: int
     call_id: str
     account_sid: str | None = None
+    request: RequestSummary | None = None  # the REGISTER this answers
 
 
 class RegistrationGranted(Event, frozen=True, kw_only=True):
@@ -113,6 +127,7 @@ class RegistrationGranted(Event, frozen=True, kw_only=True):
     source_ip: str
     source_port: int
     call_id: str
+    request: RequestSummary | None = None  # the REGISTER this answers
 
 
 class RegistrationRefreshed(Event, frozen=True, kw_only=True):
@@ -126,6 +141,8 @@ class RegistrationRefreshed(Event, frozen=True, kw_only=True):
     source_ip: str
     source_port: int
     call_id: str
+    contact: str | None = None  # the Contact of the REGISTER, for the history's runs of identical refreshes
+    request: RequestSummary | None = None  # the REGISTER this answers
 
 
 class RegistrationRemoved(Event, frozen=True, kw_only=True):
@@ -137,6 +154,7 @@ class RegistrationRemoved(Event, frozen=True, kw_only=True):
     source_ip: str
     source_port: int
     call_id: str
+    request: RequestSummary | None = None  # the REGISTER this answers
 
 
 class RegistrationExpired(Event, frozen=True, kw_only=True):
@@ -166,6 +184,7 @@ class RequestExpired(Event, frozen=True, kw_only=True):
     source_ip: str
     source_port: int
     call_id: str
+    request: RequestSummary | None = None  # the REGISTER it was
 
 
 class DeviceLimitReached(Event, frozen=True, kw_only=True):

@@ -48,6 +48,21 @@ class StreamNames:
         return f"{self.prefix}:heartbeats"
 
     @property
+    def refreshes(self) -> str:
+        """RegistrationRefreshed facts (cached refreshes change nothing): a work queue for the history, which
+        folds them into runs; trimmed once read, like `requests` and `heartbeats`."""
+        return f"{self.prefix}:refreshes"
+
+    @property
+    def work_queues(self) -> dict[str, tuple[str, ...]]:
+        """The streams trimmed by consumption, each with the groups that must have read an entry first."""
+        return {
+            self.requests: (GROUP_PROCESSORS,),
+            self.heartbeats: (GROUP_HEARTBEAT,),
+            self.refreshes: (GROUP_PROJECTIONS,),
+        }
+
+    @property
     def registrations(self) -> str:
         return f"{self.prefix}:registrations"
 

@@ -18,6 +18,7 @@ def build(services: Services) -> list[Worker]:
     from processors.registrar import Registrar, RegistrarConfig
     from projections.registrations import RegistrationsProjection
     from runtime.consumer import ConcurrentConsumer, Consumer
+    from runtime.workqueues import WorkQueueTrimmer
 
     assert services.mysql is not None and services.webhooks is not None, "processors need MySQL and HTTP"
     settings = services.settings
@@ -50,4 +51,11 @@ def build(services: Services) -> list[Worker]:
             clock=services.clock,
         ),
         ExpirySweeper(services.redis, services.names, settings.eventlog.retention_s, clock=services.clock),
+        WorkQueueTrimmer(
+            services.redis,
+            services.names.work_queues,
+            grace_s=settings.eventlog.workqueue_grace_s,
+            grace_max=settings.eventlog.workqueue_grace_max,
+            clock=services.clock,
+        ),
     ]

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 def build(services: Services) -> list[Worker]:
-    """The projections role: the history (one consumer over `registrations` and `requests`) and the InfluxDB
+    """The projections role: the history (one consumer over `registrations` and `refreshes`) and the InfluxDB
     alerts and stats beside it. The registration records are written inline, with the decisions (processors)."""
     from events.streams import GROUP_PROJECTIONS
     from projections import stats
@@ -21,7 +21,7 @@ def build(services: Services) -> list[Worker]:
     return [
         Consumer(
             services.eventlog,
-            [names.registrations, names.requests],
+            [names.registrations, names.refreshes],
             GROUP_PROJECTIONS,
             handler,
             linger_ms=services.settings.eventlog.projection_linger_ms,

@@ -1,8 +1,11 @@
 """The history projection: the story of each AOR (requests, decisions, expiries), for `sbc-sidecar history`.
 
-Each event about an AOR becomes one summary in a per-AOR sorted set scored by time. ZADD of the
-same summary is a no-op, so replays and re-deliveries are harmless; entries older than the
-retention window are dropped as new ones arrive, and the key expires with the window.
+Each decision about an AOR becomes its step and the step of the REGISTER it answered (the decision's
+fact carries the request's summary) in a per-AOR sorted set scored by time. A decision that repeats the
+one before it (a refresh with the same contact, source and grant; the same failure from the same source)
+extends a run instead (`RECORD_SCRIPT`). ZADD of the same summary is a no-op, so re-deliveries of plain
+steps are harmless; entries older than the retention window are dropped as new ones arrive, and the key
+expires with the window.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import msgspec
 from events import (
     Event,
     RegisterChallenged,
-    RegisterReceived,
     RegisterRejected,
     RegistrationExpired,
     RegistrationGranted,
     RegistrationRefreshed,
     RegistrationRemoved,
     RequestExpired,
+    RequestSummary,
     StreamNames,
 )
 from runtime.handling import Delivery, Outcome, RedisCommand
@@ -30,15 +33,40 @@ from runtime.redis_scripts import Script
 
 _json = msgspec.json.Encoder()
 
-# One step in, steps older than the window out, the key kept alive as long as the window:
-# one command per event instead of three.
+# The steps of one transaction in (each member and its score), steps older than the window out, the key kept
+# alive as long as the window. With a signature (`sig`), a decision that repeats the one just before it (a
+# refresh that changes nothing: same contact, source and grant; the same failure again) extends a run of
+# them (first at, last at, count) instead of adding steps: the story stays complete while its size grows
+# with changes, not with refreshes.
+# KEYS: the AOR's history. ARGV: now ms, oldest ms kept, retention s, sig ('' for none), run json (a template
+# with count 1), then score and member pairs.
 RECORD_SCRIPT = Script(
     "history-record",
     """
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
+local sig = ARGV[4]
+local folded = false
+if sig ~= '' then
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1)[1]
+  if last then
+    local step = cjson.decode(last)
+    if step.sig == sig then
+      local run = step
+      if step.type ~= 'Run' then run = cjson.decode(ARGV[5]) else run.count = run.count + 1 end
+      run.last_at = cjson.decode(ARGV[5]).last_at
+      if step.type == 'Run' then redis.call('ZREM', KEYS[1], last) end
+      redis.call('ZADD', KEYS[1], ARGV[1], cjson.encode(run))
+      folded = true
+    end
+  end
+end
+if not folded then
+  for i = 6, #ARGV, 2 do
+    redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return folded and 1 or 0
 """,
 )
 
@@ -49,13 +77,37 @@ def _source(event: Event) -> str | None:
 
 
 def aor_of(event: Event) -> str | None:
-    """The AOR a step belongs to: a request's To-URI, or the AOR its decision named (the same string)."""
+    """The AOR a step belongs to: the AOR the decision named (the To-URI's user@host)."""
     aor: str | None = getattr(event, "aor", None)
     return aor
 
 
+def request_step(entry_id: str, event: Event, request: RequestSummary) -> dict[str, object]:
+    """The REGISTER a decision answered, as the story tells it (from the summary the decision carries)."""
+    step: dict[str, object] = {
+        "id": f"{entry_id}.0",
+        "at": request.at,
+        "type": "RegisterReceived",
+        "correlation_id": event.correlation_id,
+    }
+    source = _source(event)
+    if source:
+        step["source"] = source
+    step.update(
+        transport=request.transport,
+        expires=request.expires,
+        call_id=getattr(event, "call_id", None),
+        credentials=request.credentials,
+    )
+    if request.username:
+        step["username"] = request.username
+    if request.user_agent:
+        step["user_agent"] = request.user_agent
+    return step
+
+
 def summarize(entry_id: str, event: Event) -> dict[str, object] | None:
-    """What the history keeps of one event; None for events that are not about an AOR."""
+    """What the history keeps of one fact; None for events that are not about an AOR."""
     step: dict[str, object] = {
         "id": entry_id,
         "at": event.occurred_at.isoformat(),
@@ -65,18 +117,7 @@ def summarize(entry_id: str, event: Event) -> dict[str, object] | None:
     source = _source(event)
     if source:
         step["source"] = source
-    if isinstance(event, RegisterReceived):
-        step.update(
-            transport=event.transport,
-            expires=event.expires,
-            call_id=event.call_id,
-            credentials=event.authorization is not None,
-        )
-        if event.authorization is not None and event.authorization.username:
-            step["username"] = event.authorization.username
-        if event.user_agent:
-            step["user_agent"] = event.user_agent
-    elif isinstance(event, RegisterChallenged):
+    if isinstance(event, RegisterChallenged):
         step.update(status=401, reason="Unauthorized", stale=event.stale)
     elif isinstance(event, RegisterRejected):
         step.update(status=event.status, reason=event.reason, cause=event.cause)
@@ -103,6 +144,22 @@ def summarize(entry_id: str, event: Event) -> dict[str, object] | None:
     return step
 
 
+def signature(event: Event) -> str:
+    """What makes two decisions the same for a run ('' for decisions that are always their own step):
+    a refresh with the same source, contact and grant, or the same failure from the same source."""
+    source = _source(event) or ""
+    if isinstance(event, RegistrationRefreshed):
+        return f"refreshed|{source}|{event.contact or ''}|{event.advertised_expires_s}"
+    if isinstance(event, RegistrationGranted):
+        grant = f"{event.protocol}|{event.granted_expires_s}|{event.advertised_expires_s}"
+        return f"granted|{source}|{event.contact}|{grant}"
+    if isinstance(event, RegisterRejected):
+        return f"rejected|{source}|{event.status}|{event.cause}"
+    if isinstance(event, RegisterChallenged) and event.request is not None and not event.request.credentials:
+        return f"challenged|{source}|{event.stale}"
+    return ""
+
+
 class HistoryProjection:
     def __init__(self, names: StreamNames, retention_s: int) -> None:
         self.names = names
@@ -113,10 +170,23 @@ class HistoryProjection:
         step = summarize(entry_id, event) if aor else None
         if aor is None or step is None:
             return []
-        key = self.names.history(aor)
         at_ms = int(event.occurred_at.timestamp() * 1000)
+        members: list[str | int] = []
+        request: RequestSummary | None = getattr(event, "request", None)
+        if request is not None:
+            asked = request_step(entry_id, event, request)
+            members += [int(datetime.fromisoformat(request.at).timestamp() * 1000), _json.encode(asked).decode()]
+        sig = signature(event)
+        run = ""
+        if sig:
+            step["sig"] = sig
+            run = _json.encode(
+                {**step, "type": "Run", "of": event.TYPE, "count": 1, "last_at": step["at"], "id": entry_id}
+            ).decode()
+        members += [at_ms, _json.encode(step).decode()]
         oldest_ms = at_ms - self.retention_s * 1000
-        return [RECORD_SCRIPT.command((key,), (at_ms, _json.encode(step).decode(), oldest_ms, self.retention_s))]
+        key = self.names.history(aor)
+        return [RECORD_SCRIPT.command((key,), (at_ms, oldest_ms, self.retention_s, sig, run, *members))]
 
     async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         return [Outcome(writes=self.commands_for(d.entry_id, d.event)) for d in deliveries]
@@ -147,9 +217,28 @@ def describe_step(step: dict[str, object]) -> str:
         text = "binding expired without refresh"
     elif kind == "RequestExpired":
         text = f"expired before it was decided: nobody waited for the answer (read {step.get('late_ms')} ms late)"
+    elif kind == "Run":
+        text = describe_run(step)
     else:
         text = str(kind)
     return f"{at}  {text}"
+
+
+def describe_run(step: dict[str, object]) -> str:
+    first = datetime.fromisoformat(str(step["at"]))
+    last = datetime.fromisoformat(str(step.get("last_at") or step["at"]))
+    count = int(str(step.get("count", 1)))
+    span = f"from {first.astimezone(UTC):%H:%M:%S} to {last.astimezone(UTC):%H:%M:%S}"
+    every = f" (every ~{round((last - first).total_seconds() / (count - 1))} s)" if count > 1 else ""
+    times = "once more" if count == 1 else f"{count} more times"
+    kind = step.get("of")
+    if kind == "RegistrationRefreshed":
+        return f"refreshed from the cached binding {times} {span}{every}, same contact and source"
+    if kind == "RegistrationGranted":
+        return f"registered again {times} {span}{every}, same contact, source and grant ({step.get('expires')} s)"
+    if kind == "RegisterRejected":
+        return f"{step.get('status')} {step.get('reason')} {times} {span}{every}: {step.get('cause')}"
+    return f"401 Unauthorized: challenged {times} {span}{every}, without credentials"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

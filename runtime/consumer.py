@@ -337,6 +337,8 @@ class Consumer:
     ) -> _Batch:
         batch = _Batch()
         decode = self.log.codec.decode
+        if len(self.streams) > 1:  # one story across streams: handled in the order the entries were added
+            entries = sorted(entries, key=_entry_order)
         for stream, entry in entries:
             entry_id = _text(entry[0])
             count = counts.get(_key(stream, entry_id), 1) if counts else 1  # counts: only for re-claimed entries
@@ -632,6 +634,11 @@ class ConcurrentConsumer(Consumer):
 
 TAKEOVER_CHECK_S = 1.0  # how often a consumer looks for dead peers
 TAKEOVER_IDLE_MS = 1000  # a dead peer's entry is taken once idle this long (a faster peer resets it)
+
+
+def _entry_order(item: tuple[str, RawEntry]) -> tuple[int, int]:
+    milliseconds, _, sequence = _text(item[1][0]).partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _text(value: bytes | str) -> str:

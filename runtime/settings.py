@@ -135,6 +135,8 @@ class EventLogSettings:
     projection_linger_ms: int = 20
     claim_idle_ms: int = 30_000
     consumer_liveness_ms: int = 3000
+    workqueue_grace_s: int = 120
+    workqueue_grace_max: int = 1000
     max_deliveries: int = 5
     replies_maxlen: int = 5000
 
@@ -402,6 +404,8 @@ class _Reader:
             projection_linger_ms=self.integer("SIDECAR_PROJECTION_LINGER_MS", 20, minimum=0, maximum=10_000),
             claim_idle_ms=self.integer("SIDECAR_CLAIM_IDLE_MS", 30_000, minimum=100),
             consumer_liveness_ms=self.integer("SIDECAR_CONSUMER_LIVENESS_MS", 3000, minimum=300),
+            workqueue_grace_s=self.integer("SIDECAR_WORKQUEUE_GRACE_S", 120, minimum=0),
+            workqueue_grace_max=self.integer("SIDECAR_WORKQUEUE_GRACE_MAX", 1000, minimum=0),
             max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
             replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),
         )

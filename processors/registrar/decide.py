@@ -247,6 +247,7 @@ def check_cache(sit: Situation, binding: StoredBinding | None) -> Decision | Non
         source_ip=sit.request.source_ip,
         source_port=sit.request.source_port,
         call_id=sit.request.call_id,
+        contact=sit.request.contact_uri,
     )
     return sit.answer(200, "OK", [("Contact", contact), ("Expires", str(NAT_EXPIRES_S))], refreshed)
 

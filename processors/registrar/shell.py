@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiomysql
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -37,6 +38,7 @@ from events import (
     RegisterReceived,
     RegistrationRefreshed,
     RequestExpired,
+    RequestSummary,
     StreamNames,
     new_event_id,
     user_key,
@@ -248,6 +250,7 @@ class Registrar:
             source_ip=request.source_ip,
             source_port=request.source_port,
             call_id=request.call_id,
+            request=request_summary(request),
         )
         log.info(
             "request expired before it was decided aor=%s late_ms=%d call_id=%s",
@@ -258,8 +261,19 @@ class Registrar:
         return Outcome(appends=[(self._config.streams.registrations, fact)])
 
     def _outcome(self, request: RegisterReceived, decision: Decision) -> Outcome:
+        """The decision's facts (the answering one carrying the request's summary, for the history) and reply.
+
+        A cached refresh changes nothing stored: its fact goes to the `refreshes` work queue, which the
+        history folds into a run and which is trimmed once read, so refreshes do not grow the log.
+        """
         streams = self._config.streams
-        appends = [(streams.registrations, fact) for fact in decision.facts]
+        facts = list(decision.facts)
+        if facts:
+            facts[-1] = _answering(facts[-1], request)
+        appends = [
+            (streams.refreshes if isinstance(fact, RegistrationRefreshed) else streams.registrations, fact)
+            for fact in facts
+        ]
         appends.append((streams.replies(request.reply_to), decision.reply))
         return Outcome(appends=appends)
 
@@ -351,6 +365,25 @@ class Registrar:
             request.transport,
             request.call_id,
         )
+
+
+def request_summary(request: RegisterReceived) -> RequestSummary:
+    credentials = request.authorization
+    return RequestSummary(
+        at=request.occurred_at.isoformat(),
+        transport=request.transport,
+        expires=request.expires,
+        credentials=credentials is not None,
+        username=credentials.username if credentials is not None else None,
+        user_agent=request.user_agent,
+    )
+
+
+def _answering(fact: Event, request: RegisterReceived) -> Event:
+    """The fact that answers the request, with the request's summary (facts without the field unchanged)."""
+    if "request" not in fact.__struct_fields__:
+        return fact
+    return msgspec.structs.replace(fact, request=request_summary(request))  # type: ignore[type-var]
 
 
 def _failure(exc: StoreUnavailable) -> StoreFailure:

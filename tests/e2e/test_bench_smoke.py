@@ -46,3 +46,37 @@ def test_bench_smoke_runs_end_to_end(tmp_path: Path) -> None:
     step_line = f"webhook_delay_ms={WEBHOOK_DELAY_MS}  sipp 60/60 ok"
     assert step_line in result.stderr and f"record_missing={register['record_missing']}" in result.stderr
     assert document["options"][0]["holds"]
+
+
+SOAK_LINE = re.compile(
+    r"soak: 60 phones, 2 rounds: redis -?\d+ bytes/phone \(round 1: -?\d+\), -?\d+\.\d bytes retained per refresh"
+)
+
+
+@pytest.mark.timeout(150)
+def test_bench_soak_runs_end_to_end(tmp_path: Path) -> None:
+    """bench/run --soak, tiny: 60 phones register, refresh twice from their own sockets (answered from the
+    cache), 5 % of them (3) move to a new port in each round and register in full again."""
+    argv = [str(REPO / "bench" / "run"), "--soak", "--phones", "60", "--rounds", "2", "--change-every", "1"]
+    result = subprocess.run([*argv, "--results-dir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines and SOAK_LINE.fullmatch(lines[-1]), result.stdout + result.stderr
+    [report] = tmp_path.glob("*-soak.json")
+    document = json.loads(report.read_text())
+    assert document["line"] == lines[-1]
+    register, *refreshes = document["rounds"]
+    assert [r["round"] for r in document["rounds"]] == ["register", "refresh 1", "refresh 2"]
+    assert register["phones"]["full"] == 60 and register["phones"]["failed"] == 0
+    for refresh in refreshes:
+        # the phones that stayed are answered from their cached binding; the moved ones are challenged again
+        assert refresh["phones"]["cached"] == 57 and refresh["phones"]["full"] == 0
+        assert refresh["moved"]["full"] == 3 and refresh["moved"]["failed"] == 0
+        assert refresh["drain"]["drained"]
+    soak = document["soak"]
+    assert soak["refreshes_sent"] == 120 and soak["failed"] == 0
+    assert register["footprint"]["records"]["keys"] == 60
+    assert refreshes[-1]["footprint"]["active_user"]["run_members"] == 60
+    assert soak["bytes_per_phone_after_register"]["keys_bytes"] > 0
+    assert soak["archive_rows_written"]["after_last"] >= 0

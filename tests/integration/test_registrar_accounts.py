@@ -526,7 +526,8 @@ def reply_of(outcome: Outcome | BaseException, names: StreamNames) -> ReplyIssue
     assert isinstance(outcome, Outcome)
     stream, reply = outcome.appends[-1]
     assert stream == names.replies("ingest-a") and isinstance(reply, ReplyIssued)
-    assert all(s == names.registrations for s, _ in outcome.appends[:-1])
+    for stream, fact in outcome.appends[:-1]:  # cached refreshes go to their work queue, the rest to the log
+        assert stream == (names.refreshes if isinstance(fact, RegistrationRefreshed) else names.registrations)
     return reply
 
 

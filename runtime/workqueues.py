@@ -1,0 +1,123 @@
+"""Work-queue streams trimmed by consumption: Redis keeps what grows with phones, not with requests.
+
+`requests`, `heartbeats` and `refreshes` (StreamNames.work_queues) are read by known consumer groups and
+by nobody else once read: a request's audit is the decision's fact and the history. Once every group that
+reads a stream has acknowledged an entry it may go. The trimmer keeps:
+
+- every entry some group has not read yet (after its `last-delivered-id`), or read and not acknowledged
+  (its oldest pending id): a crashed consumer's pending entries are never trimmed;
+- of the consumed ones, those younger than the grace window (`SIDECAR_WORKQUEUE_GRACE_S`, for
+  `events tail` and debugging), but never more than `SIDECAR_WORKQUEUE_GRACE_MAX` of them, so the grace
+  costs a bounded amount of memory whatever the request rate.
+
+A stream none of whose groups exists yet is left alone (its appends still trim by the retention window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+log = logging.getLogger(__name__)
+
+
+def _id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _text(value: tuple[int, int]) -> str:
+    return f"{value[0]}-{value[1]}"
+
+
+class WorkQueueTrimmer:
+    """A Worker that trims the work-queue streams every `interval_s`."""
+
+    name = "workqueue-trimmer"
+
+    def __init__(
+        self,
+        redis: Redis,
+        queues: Mapping[str, Sequence[str]],
+        *,
+        grace_s: float,
+        grace_max: int,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.queues = dict(queues)
+        self.grace_s = grace_s
+        self.grace_max = grace_max
+        self.interval_s = interval_s
+        self.clock = clock
+        self.trimmed = 0
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def metrics(self) -> dict[str, float]:
+        return {"trimmed": self.trimmed}
+
+    async def consumed_up_to(self, stream: str, groups: Sequence[str]) -> tuple[int, int] | None:
+        """The first id some reading group still needs (everything before it is consumed by all), or None
+        when a group is missing (nothing may be trimmed yet)."""
+        try:
+            info: Any = await self.redis.xinfo_groups(stream)
+        except ResponseError:  # no such stream
+            return None
+        by_name = {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]): g for g in info}
+        needed: tuple[int, int] | None = None
+        for group in groups:
+            entry = by_name.get(group)
+            if entry is None:
+                return None
+            last = _id(entry["last-delivered-id"])
+            first_needed = (last[0], last[1] + 1)
+            if int(entry["pending"]) > 0:
+                summary: Any = await self.redis.xpending(stream, group)
+                first_needed = min(first_needed, _id(summary["min"]))
+            needed = first_needed if needed is None else min(needed, first_needed)
+        return needed
+
+    async def trim(self, stream: str, groups: Sequence[str]) -> int:
+        """Trims one stream; returns how many entries went."""
+        needed = await self.consumed_up_to(stream, groups)
+        if needed is None:
+            return 0
+        keep_from = min(needed, (int((self.clock() - self.grace_s) * 1000), 0))
+        # Never more than grace_max consumed entries: the grace_max-th before `needed` is the oldest kept.
+        older: Any = await self.redis.xrevrange(stream, max=f"({_text(needed)}", min="-", count=self.grace_max + 1)
+        if len(older) > self.grace_max:
+            keep_from = max(keep_from, _id(older[self.grace_max - 1][0]) if self.grace_max else needed)
+        removed = int(await self.redis.xtrim(stream, minid=_text(keep_from), approximate=False))
+        self.trimmed += removed
+        return removed
+
+    async def sweep(self) -> int:
+        total = 0
+        for stream, groups in self.queues.items():
+            total += await self.trim(stream, groups)
+        return total
+
+    async def run(self) -> None:
+        self.ready.set()
+        while not self._stop.is_set():
+            try:
+                await self.sweep()
+            except RedisError as exc:
+                log.warning("work queue trim failed error=%s", exc)
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
