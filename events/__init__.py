@@ -1,5 +1,16 @@
 """The event contract: event types, the codec, stream and key names. Pure, no I/O."""
 
+from events.carriers import (
+    CarrierDeactivated,
+    CarrierRegistered,
+    CarrierRegisterFailed,
+    CarrierRegistrationDisabled,
+    CarrierRegistrationStopped,
+    OutboundRegisterAnswered,
+    OutboundRegisterRequested,
+    RegbotLeaderAcquired,
+    RegbotLeaderLost,
+)
 from events.catalog import EVENT_TYPES, default_codec
 from events.codec import EventCodec, EventDecodeError
 from events.envelope import Event, new_event_id, now_ms, stamp, utc_now
@@ -24,6 +35,15 @@ from events.streams import StreamNames, partition_of, user_key
 
 __all__ = [
     "EVENT_TYPES",
+    "CarrierDeactivated",
+    "CarrierRegistered",
+    "CarrierRegisterFailed",
+    "CarrierRegistrationDisabled",
+    "CarrierRegistrationStopped",
+    "OutboundRegisterAnswered",
+    "OutboundRegisterRequested",
+    "RegbotLeaderAcquired",
+    "RegbotLeaderLost",
     "DeviceLimitReached",
     "DigestCredentials",
     "Event",

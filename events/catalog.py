@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from events.carriers import CARRIER_EVENTS
 from events.codec import EventCodec, Upcaster
 from events.envelope import Event
 from events.registration import (
@@ -36,6 +37,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ServerCheckedIn,
     ServerLeft,
     ServerExpired,
+    *CARRIER_EVENTS,
 )
 
 # (type, from_version) -> pure function of the old payload to the next version's payload.

@@ -13,6 +13,11 @@ GROUP_PROCESSORS = "processors"
 GROUP_HEARTBEAT = "heartbeat"
 GROUP_PROJECTIONS = "projections"
 GROUP_ALERTS_PROJECTION = "projection-alerts"
+# Outbound registration: the SIP edges share `commands` (one of them sends each REGISTER), the regbot reads the
+# edges' answers on `carriers`, and the carriers projection (register_status, eph-gw-ip, alerts) follows it.
+GROUP_EDGE = "edge"
+GROUP_REGBOT = "regbot"
+GROUP_CARRIERS_PROJECTION = "projection-carriers"
 
 # Keys that jambonz itself reads (SPEC 5.6): no cluster prefix on these two.
 ACTIVE_USER_KEY = "active-user"
@@ -121,6 +126,11 @@ class StreamNames:
         service-url); shared by every sidecar of the cluster, swept by the server expiry."""
         return f"{self.prefix}:server-seen:{kind}"
 
+    @property
+    def regbot_state(self) -> str:
+        """Hash sip_gateway_sid → JSON of its registration state (last answer, expiry, next attempt)."""
+        return f"{self.prefix}:regbot-state"
+
     # Cluster-scoped jambonz keys (SPEC 3, 5.6).
     @property
     def active_fs(self) -> str:
@@ -137,6 +147,16 @@ class StreamNames:
     @property
     def drained_fs(self) -> str:
         return f"{self.cluster_id}:drained-fs"
+
+    @property
+    def regbot_token(self) -> str:
+        """The regbot leader lock (SPEC 4.1)."""
+        return f"{self.cluster_id}:regbot-token"
+
+
+def eph_gw_ip_key(ip: str) -> str:
+    """`eph-gw-ip:<ip>`: carrier sid → expiry (unix s) of a reg trunk's registration; sbc-inbound reads it."""
+    return f"eph-gw-ip:{ip}"
 
 
 def partition_of(aor: str, partitions: int) -> int:

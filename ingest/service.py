@@ -268,7 +268,14 @@ def build_ingest(services: Services) -> list[Worker]:
         from ingest.fronts.native import NativeFront
 
         front = NativeFront.from_settings(settings.sip)
+    from events.streams import GROUP_EDGE
+    from ingest.outbound import OutboundRegistrations
     from runtime.admin import build as build_admin
+    from runtime.consumer import ConcurrentConsumer
+    from runtime.sealed import Sealer
 
+    # The edge sends the REGISTERs the regbot commands (any ingest of the cluster may take each one).
+    outbound = OutboundRegistrations(front, services.names, Sealer(settings.encryption_secret.reveal()))
+    edge = ConcurrentConsumer(services.eventlog, services.names.commands, GROUP_EDGE, outbound, max_in_flight=200)
     # The admin socket (SPEC 5.1) lives beside the SIP edge: one per host, as the original's.
-    return [IngestWorker(services, front), *build_admin(services)]
+    return [IngestWorker(services, front), edge, *build_admin(services)]

@@ -58,4 +58,24 @@ def build(services: Services) -> list[Worker]:
             grace_max=settings.eventlog.workqueue_grace_max,
             clock=services.clock,
         ),
+        *_regbot(services),
+    ]
+
+def _regbot(services: Services) -> list[Worker]:
+    """Outbound registration: the leader loop, the answers handler and the carriers projection (it writes MySQL)."""
+    from events.streams import GROUP_CARRIERS_PROJECTION, GROUP_REGBOT
+    from processors.regbot import Regbot, RegbotAnswers, policy_of
+    from projections.carriers import CarriersProjection
+    from runtime.consumer import Consumer
+
+    assert services.mysql is not None
+    settings, names = services.settings, services.names
+    host = settings.time_series_host
+    influx = (host if host.startswith("http") else f"http://{host}:8086") if host else None
+    answers = RegbotAnswers(services.redis, names, policy_of(settings), services.clock)
+    projection = CarriersProjection(services.mysql, services.http, influx)
+    return [
+        Regbot(settings, services.redis, services.mysql, services.eventlog, services.clock),
+        Consumer(services.eventlog, names.carriers, GROUP_REGBOT, answers),
+        Consumer(services.eventlog, names.carriers, GROUP_CARRIERS_PROJECTION, projection),
     ]

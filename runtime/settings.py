@@ -182,6 +182,9 @@ class Settings:
     regbot_user_agent: str = "Jambonz 0.9.6"
     regbot_batch_size: int = 10
     regbot_batch_sleep_ms: int = 250
+    regbot_check_interval_s: float = 60.0  # SIDECAR_REGBOT_CHECK_INTERVAL_S: lock renewal and reconciliation
+    regbot_lock_ttl_s: int = 70  # SIDECAR_REGBOT_LOCK_TTL_S: the leader lock's TTL
+    regbot_start_delay_max_s: float = 14.0  # SIDECAR_REGBOT_START_DELAY_MAX_S: random wait before the first try
     socket_path: str = "/tmp/sbc-sip-sidecar.sock"
     enable_metrics: bool = False
     statsd: StatsdSettings = StatsdSettings()
@@ -497,6 +500,9 @@ class _Reader:
             regbot_user_agent=self.text("JAMBONES_REGBOT_USER_AGENT", "Jambonz 0.9.6"),
             regbot_batch_size=self.integer("JAMBONES_REGBOT_BATCH_SIZE", 10, minimum=1),
             regbot_batch_sleep_ms=self.integer("JAMBONES_REGBOT_BATCH_SLEEP_MS", 250),
+            regbot_check_interval_s=self.number("SIDECAR_REGBOT_CHECK_INTERVAL_S", 60.0, minimum=0.1),
+            regbot_lock_ttl_s=self.integer("SIDECAR_REGBOT_LOCK_TTL_S", 70, minimum=1),
+            regbot_start_delay_max_s=self.number("SIDECAR_REGBOT_START_DELAY_MAX_S", 14.0),
             socket_path=self.text("SBC_SOCKET_PATH", "/tmp/sbc-sip-sidecar.sock"),
             enable_metrics=self.raw("ENABLE_METRICS") == "1",
             statsd=self.statsd(),

@@ -1,0 +1,270 @@
+"""The SIP edge's half of outbound registration: it sends the REGISTERs the regbot commands.
+
+A ConcurrentHandler over the `commands` stream (group `edge`, shared by every ingest: one of them sends each
+REGISTER). For each `OutboundRegisterRequested` it sends the REGISTER through the front as a client
+transaction, answers a 401/407 once with an MD5 digest (qop=auth with nc and cnonce when offered, opaque
+echoed; same Call-ID and From tag, CSeq + 1), and commits `OutboundRegisterAnswered` on `carriers` with the
+ack. The carrier password arrives sealed (runtime/sealed.py) and is opened only here, in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+
+from events import Event, OutboundRegisterAnswered, OutboundRegisterRequested, StreamNames, now_ms, stamp
+from ingest.fronts.front import OutboundRequest, SipFront
+from ingest.sip import SipParseError, SipResponse
+from ingest.sip.digest import parse_digest_params
+from ingest.sip.headers import parse_contacts, parse_delta_seconds
+from runtime.handling import Delivery, Outcome, Step
+from runtime.sealed import Sealer
+
+log = logging.getLogger(__name__)
+
+EDGE_HOST = "localhost"  # the Contact host the edge replaces with its own address (processors/regbot/targets.py)
+TRANSACTION_TIMEOUT_S = 32.0  # Timer F
+
+
+def md5_hex(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def digest_authorization(
+    challenge: str, *, method: str, uri: str, username: str, password: str, cnonce: str, nc: int = 1
+) -> str:
+    """The Authorization (or Proxy-Authorization) value answering one Digest challenge (RFC 2617, MD5)."""
+    params = parse_digest_params(challenge)
+    realm = params.get("realm", "")
+    nonce = params.get("nonce", "")
+    offered = [q.strip().lower() for q in params.get("qop", "").split(",") if q.strip()]
+    ha1 = md5_hex(f"{username}:{realm}:{password}")
+    ha2 = md5_hex(f"{method}:{uri}")
+    parts = [f'username="{username}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"']
+    if "auth" in offered:
+        count = f"{nc:08x}"
+        response = md5_hex(f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}")
+        parts += [f'response="{response}"', "algorithm=MD5", "qop=auth", f"nc={count}", f'cnonce="{cnonce}"']
+    else:
+        response = md5_hex(f"{ha1}:{nonce}:{ha2}")
+        parts += [f'response="{response}"', "algorithm=MD5"]
+    if "opaque" in params:
+        parts.append(f'opaque="{params["opaque"]}"')
+    return "Digest " + ",".join(parts)
+
+
+def edge_hostport(sbc_address: str, transport: str) -> str | None:
+    """This edge's `host:port` for a transport, from drachtio's hostport list (`udp/1.2.3.4:5060,tcp/...`).
+
+    SPEC 4.3: the transport's own address, else (TLS) the UDP host with port 5061, else the UDP address.
+    """
+    addresses: dict[str, str] = {}
+    for item in sbc_address.split(","):
+        name, _, hostport = item.strip().partition("/")
+        if hostport and name.lower() not in addresses:
+            addresses[name.lower()] = hostport
+    if transport in addresses:
+        return addresses[transport]
+    udp = addresses.get("udp")
+    if udp is None:
+        return next(iter(addresses.values()), None)
+    if transport == "tls":
+        return f"{udp.rsplit(':', 1)[0]}:5061"
+    return udp
+
+
+def granted_in(response: SipResponse) -> tuple[int | None, int | None]:
+    """(Expires header, the first Contact's expires parameter) of a 200, each None when absent or bad."""
+    expires_header = None
+    value = response.headers.get("expires")
+    if value is not None:
+        try:
+            expires_header = parse_delta_seconds(value)
+        except SipParseError:
+            expires_header = None
+    contact_expires = None
+    try:
+        contacts = parse_contacts(response.headers.get_all("contact"))
+    except SipParseError:
+        contacts = []
+    if contacts and contacts != "*":
+        raw = contacts[0].params.get("expires")  # type: ignore[union-attr]
+        if raw is not None:
+            try:
+                contact_expires = parse_delta_seconds(raw.strip('"'))
+            except SipParseError:
+                contact_expires = None
+    return expires_header, contact_expires
+
+
+async def addresses_of(host: str, port: int | None) -> tuple[str, ...]:
+    """The gateway's IPv4 addresses for `eph-gw-ip` (SPEC 4.4): the literal, else its A records."""
+    try:
+        socket.inet_aton(host)
+        if host.count(".") == 3:
+            return (host,)
+    except OSError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(5):
+            infos = await loop.getaddrinfo(host, port or 5060, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+    except (OSError, TimeoutError):
+        return ()
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class OutboundRegistrations:
+    """A ConcurrentHandler over `commands`: sends each commanded REGISTER, reports its final answer."""
+
+    def __init__(self, front: SipFront, names: StreamNames, sealer: Sealer) -> None:
+        self.front = front
+        self.names = names
+        self.sealer = sealer
+        self.sent = 0
+        self.challenged = 0
+        self.failed = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {"registers_sent": self.sent, "registers_challenged": self.challenged, "send_failures": self.failed}
+
+    def order_key(self, event: Event) -> str | None:
+        return getattr(event, "sip_gateway_sid", None)
+
+    async def begin(self, deliveries: Sequence[Delivery]) -> list[Step]:
+        steps: list[Step] = []
+        for delivery in deliveries:
+            event = delivery.event
+            if not isinstance(event, OutboundRegisterRequested):
+                steps.append(Outcome())
+            elif event.deadline_ms and now_ms() > event.deadline_ms:
+                steps.append(Outcome())  # the regbot has given up on this attempt and sends a new one
+            else:
+                steps.append(self._register(event, delivery.entry_id))
+        return steps
+
+    async def _register(self, command: OutboundRegisterRequested, causation_id: str) -> Outcome:
+        try:
+            await self._front_ready()
+            answer = await self._exchange(command, causation_id)
+        except Exception as exc:  # noqa: BLE001 - any failure to send is an answer (SPEC 4.4 "exception while sending")
+            self.failed += 1
+            log.warning(
+                "outbound REGISTER not sent carrier=%s gateway=%s error=%s",
+                command.voip_carrier_sid,
+                command.sip_gateway_sid,
+                exc,
+            )
+            answer = self._answer(command, causation_id, 0, f"send failed: {exc}", command.cseq)
+        return Outcome(appends=[(self.names.carriers, answer)])
+
+    def _answer(
+        self,
+        command: OutboundRegisterRequested,
+        causation_id: str,
+        status: int,
+        reason: str,
+        last_cseq: int,
+        **more: object,
+    ) -> OutboundRegisterAnswered:
+        return OutboundRegisterAnswered(
+            **stamp(command.correlation_id, causation_id),
+            attempt_id=command.attempt_id,
+            voip_carrier_sid=command.voip_carrier_sid,
+            sip_gateway_sid=command.sip_gateway_sid,
+            status=status,
+            reason=reason,
+            call_id=command.call_id,
+            first_cseq=command.cseq,
+            last_cseq=last_cseq,
+            **more,  # type: ignore[arg-type]
+        )
+
+    def _request(
+        self, command: OutboundRegisterRequested, tag: str, cseq: int, auth: tuple[str, str] | None
+    ) -> OutboundRequest:
+        contact = command.contact
+        if f"@{EDGE_HOST};" in contact or f"@{EDGE_HOST}>" in contact:
+            hostport = edge_hostport(self.front.sbc_address, command.transport)
+            if hostport:
+                contact = contact.replace(f"@{EDGE_HOST}", f"@{hostport}", 1)
+        headers = [
+            ("From", f"<{command.from_uri}>;tag={tag}"),
+            ("To", f"<{command.from_uri}>"),
+            ("Call-ID", command.call_id),
+            ("CSeq", f"{cseq} REGISTER"),
+            ("Contact", contact),
+            ("Expires", str(command.expires_s)),
+            ("User-Agent", command.user_agent),
+        ]
+        if auth is not None:
+            headers.append(auth)
+        return OutboundRequest("REGISTER", command.request_uri, headers, next_hop=command.next_hop)
+
+    async def _front_ready(self, timeout_s: float = 10.0) -> None:
+        """At start the consumer may read a command before the front listens (or drachtio is connected)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.front.ready:
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConnectionError("the SIP front is not ready")
+            await asyncio.sleep(0.05)
+
+    async def _exchange(self, command: OutboundRegisterRequested, causation_id: str) -> OutboundRegisterAnswered:
+        tag = os.urandom(5).hex()
+        cseq = command.cseq
+        self.sent += 1
+        response = await self.front.send_request(self._request(command, tag, cseq, None), TRANSACTION_TIMEOUT_S)
+        authenticated = False
+        if response.status in (401, 407):
+            challenge_name, answer_name = (
+                ("www-authenticate", "Authorization")
+                if response.status == 401
+                else ("proxy-authenticate", "Proxy-Authorization")
+            )
+            challenge = response.headers.get(challenge_name)
+            if challenge is not None:
+                self.challenged += 1
+                password = self.sealer.open(command.password_sealed)
+                try:
+                    value = digest_authorization(
+                        challenge,
+                        method="REGISTER",
+                        uri=command.request_uri,
+                        username=command.username,
+                        password=password,
+                        cnonce=os.urandom(4).hex(),
+                    )
+                except SipParseError as exc:
+                    raise ValueError(f"unreadable {challenge_name}: {exc}") from exc
+                del password
+                cseq += 1
+                self.sent += 1
+                request = self._request(command, tag, cseq, (answer_name, value))
+                response = await self.front.send_request(request, TRANSACTION_TIMEOUT_S)
+                authenticated = True
+        expires_header, contact_expires = granted_in(response) if response.status == 200 else (None, None)
+        addresses: tuple[str, ...] = ()
+        if command.resolve_addresses:
+            addresses = await addresses_of(command.gateway_host, command.gateway_port)
+        log.info(
+            "outbound REGISTER answered carrier=%s gateway=%s status=%d cseq=%d",
+            command.voip_carrier_sid,
+            command.sip_gateway_sid,
+            response.status,
+            cseq,
+        )
+        return self._answer(
+            command,
+            causation_id,
+            response.status,
+            f"{response.status} {response.reason}",
+            cseq,
+            expires_header=expires_header,
+            contact_expires=contact_expires,
+            authenticated=authenticated,
+            addresses=addresses,
+        )

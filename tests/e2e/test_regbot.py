@@ -1,0 +1,256 @@
+"""Outbound registration end to end: sipp plays the carrier's registrar, the service registers to it.
+
+The regbot reads the carrier from MariaDB, the native front sends the REGISTERs, and the test checks what sipp
+received (headers, digest, Call-ID constant, CSeq increasing, refresh at expires/2), `register_status` in
+MariaDB, `eph-gw-ip:<ip>` in Redis, the failure threshold with its alert, and the leader's takeover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiohttp
+import aiomysql
+from redis.asyncio import Redis
+
+from events import default_codec
+from ingest.sip.digest import parse_digest_params
+from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, free_port
+from tests.e2e.conftest import SippResult, run_sipp, start_sidecar, stop_sidecar
+
+PASSWORD = "s3cret-carrier"
+USERNAME = "4415550100"
+FAST = {
+    "SIDECAR_REGBOT_START_DELAY_MAX_S": "0",
+    "SIDECAR_REGBOT_CHECK_INTERVAL_S": "1",
+    "JAMBONES_REGBOT_MIN_EXPIRES_INTERVAL": "2",
+}
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+@dataclass
+class Carrier:
+    carrier_sid: str
+    gateway_sid: str
+    port: int
+
+
+async def seed_carrier(database: str, port: int, *, trunk_type: str = "reg", name: str = "Carrier One") -> Carrier:
+    carrier = Carrier(str(uuid.uuid4()), str(uuid.uuid4()), port)
+    connection = await aiomysql.connect(
+        host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, db=database, autocommit=True
+    )
+    try:
+        async with connection.cursor() as cursor:
+            await cursor.execute(
+                "INSERT INTO voip_carriers (voip_carrier_sid, name, requires_register, is_active, register_username,"
+                " register_password, register_sip_realm, trunk_type) VALUES (%s, %s, 1, 1, %s, %s, %s, %s)",
+                (carrier.carrier_sid, name, USERNAME, PASSWORD, "carrier.test", trunk_type),
+            )
+            await cursor.execute(
+                "INSERT INTO sip_gateways (sip_gateway_sid, voip_carrier_sid, ipv4, port, inbound, outbound,"
+                " is_active, protocol) VALUES (%s, %s, '127.0.0.1', %s, 1, 1, 1, 'udp')",
+                (carrier.gateway_sid, carrier.carrier_sid, port),
+            )
+    finally:
+        connection.close()
+    return carrier
+
+
+async def carrier_row(database: str, carrier_sid: str) -> dict[str, object]:
+    connection = await aiomysql.connect(
+        host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, db=database, autocommit=True
+    )
+    try:
+        async with connection.cursor(aiomysql.DictCursor) as cursor:
+            await cursor.execute("SELECT * FROM voip_carriers WHERE voip_carrier_sid = %s", (carrier_sid,))
+            row: dict[str, object] = await cursor.fetchone()
+            return row
+    finally:
+        connection.close()
+
+
+async def eventually(check, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+def uas(scenario: str, port: int, replace: dict[str, str], timeout_s: float = 60.0) -> asyncio.Task[SippResult]:
+    return asyncio.create_task(
+        run_sipp(scenario, free_port(), extra=["-p", str(port)], replace=replace, timeout_s=timeout_s)
+    )
+
+
+@dataclass
+class Seen:
+    at: datetime
+    text: str
+
+    def header(self, name: str) -> str | None:
+        match = re.search(rf"^{name}:[ \t]*(.*?)\r?$", self.text, re.IGNORECASE | re.MULTILINE)
+        return match.group(1) if match else None
+
+
+def received_registers(messages: str) -> list[Seen]:
+    """The REGISTERs sipp received, with the time it logged each."""
+    seen = []
+    for block in re.split(r"^-{20,} ", messages, flags=re.MULTILINE):
+        head, _, rest = block.partition("\n")
+        if "message received" in rest.split("\n", 1)[0] and "\nREGISTER " in "\n" + rest.split("\n", 1)[-1][:200]:
+            stamp_text = head.strip()
+            at = datetime.strptime(stamp_text[:26], "%Y-%m-%d %H:%M:%S.%f") if stamp_text else datetime.now()
+            seen.append(Seen(at, rest.split("\n", 1)[1].lstrip("\r\n")))
+    return seen
+
+
+async def test_digest_register_refresh_status_and_eph_gw_ip(cluster_id: str, mysql_db: str, redis: Redis) -> None:
+    port = free_port()
+    carrier = await seed_carrier(mysql_db, port)
+    sipp = uas("uas-carrier-digest.xml", port, {"CONTACT_GRANT": "4", "GRANT": "6"})
+    await asyncio.sleep(0.3)
+    sidecar = await start_sidecar(cluster_id, mysql_db, env=FAST)
+    try:
+        result = await asyncio.wait_for(sipp, 60)
+        assert result.returncode == 0, result.stderr + result.messages[-3000:]
+        registers = received_registers(result.messages)
+        assert len(registers) == 4, result.messages
+        first, authed, refresh, second_refresh = registers
+        assert {r.header("Call-ID") for r in registers} == {carrier.gateway_sid}
+        cseqs = [int((r.header("CSeq") or "0").split()[0]) for r in registers]
+        assert cseqs == sorted(cseqs) and len(set(cseqs)) == 4, cseqs
+        assert cseqs[1] == cseqs[0] + 1
+        assert first.text.startswith("REGISTER sip:carrier.test SIP/2.0")
+        assert first.header("From") == authed.header("From")  # same tag on the retry
+        assert (first.header("From") or "").startswith(f"<sip:{USERNAME}@carrier.test>;tag=")
+        assert first.header("To") == f"<sip:{USERNAME}@carrier.test>"
+        assert first.header("Contact") == f"<sip:{USERNAME}@carrier.test;transport=udp>;expires=3600"
+        assert first.header("Expires") == "3600"
+        assert first.header("User-Agent") == "Jambonz 0.9.6"
+        assert first.header("Authorization") is None
+        via = first.header("Via") or ""
+        assert via.startswith(f"SIP/2.0/UDP 127.0.0.1:{sidecar.udp_port};branch=z9hG4bK")
+        credentials = parse_digest_params(authed.header("Authorization") or "")
+        assert credentials["username"] == USERNAME and credentials["realm"] == "carrier.test"
+        assert credentials["uri"] == "sip:carrier.test" and credentials["qop"] == "auth"
+        assert credentials["nc"] == "00000001" and re.fullmatch(r"[0-9a-f]{8}", credentials["cnonce"])
+        assert credentials["opaque"] == "0paque" and credentials["algorithm"] == "MD5"
+        ha1 = md5(f"{USERNAME}:carrier.test:{PASSWORD}")
+        ha2 = md5("REGISTER:sip:carrier.test")
+        expected = md5(f"{ha1}:{credentials['nonce']}:00000001:{credentials['cnonce']}:auth:{ha2}")
+        assert credentials["response"] == expected
+        # Refresh at expires / 2: 6 s granted → 3 s; then the Contact's expires=4 wins over Expires → 2 s.
+        first_gap = (refresh.at - authed.at).total_seconds()
+        second_gap = (second_refresh.at - refresh.at).total_seconds()
+        assert 2.5 <= first_gap <= 4.6, first_gap
+        assert 1.5 <= second_gap <= 3.6, second_gap
+        assert refresh.header("Authorization") is None
+
+        async def status() -> dict[str, object] | None:
+            row = await carrier_row(mysql_db, carrier.carrier_sid)
+            raw = row["register_status"]
+            value = json.loads(str(raw)) if raw else None
+            return value if value and value.get("expires") == 6 and value.get("cseq") != "1 REGISTER" else None
+
+        register_status = await eventually(status)
+        assert register_status["status"] == "ok" and register_status["reason"] == "200 OK"
+        assert register_status["callId"] == carrier.gateway_sid
+        assert list(register_status) == ["status", "reason", "cseq", "callId", "timestamp", "expires"]
+        until = await redis.hget("eph-gw-ip:127.0.0.1", carrier.carrier_sid)
+        assert until is not None and int(until) > time.time()
+        assert 0 < await redis.ttl("eph-gw-ip:127.0.0.1") <= 7200
+        stream = await redis.xrange(sidecar.names.carriers)
+        types = [fields[b"type"].decode() for _, fields in stream]
+        assert "RegbotLeaderAcquired" in types and types.count("CarrierRegistered") >= 3
+        for _, fields in stream + await redis.xrange(sidecar.names.commands):
+            assert PASSWORD.encode() not in fields[b"data"]
+    finally:
+        await stop_sidecar(sidecar)
+        await redis.hdel("eph-gw-ip:127.0.0.1", carrier.carrier_sid)
+
+
+async def test_proxy_authentication_407(cluster_id: str, mysql_db: str, redis: Redis) -> None:
+    port = free_port()
+    carrier = await seed_carrier(mysql_db, port, trunk_type="static_ip")
+    sipp = uas("uas-carrier-proxy-auth.xml", port, {})
+    await asyncio.sleep(0.3)
+    sidecar = await start_sidecar(cluster_id, mysql_db, env=FAST)
+    try:
+        result = await asyncio.wait_for(sipp, 40)
+        assert result.returncode == 0, result.stderr
+        first, authed = received_registers(result.messages)
+        assert authed.header("Authorization") is None
+        credentials = parse_digest_params(authed.header("Proxy-Authorization") or "")
+        assert credentials["realm"] == "proxy.test" and "qop" not in credentials and "nc" not in credentials
+        ha1 = md5(f"{USERNAME}:proxy.test:{PASSWORD}")
+        assert credentials["response"] == md5(f"{ha1}:{credentials['nonce']}:{md5('REGISTER:sip:carrier.test')}")
+
+        async def ok() -> bool:
+            raw = (await carrier_row(mysql_db, carrier.carrier_sid))["register_status"]
+            return bool(raw) and json.loads(str(raw))["status"] == "ok"
+
+        await eventually(ok)
+        assert not await redis.exists("eph-gw-ip:127.0.0.1")  # not a reg trunk
+    finally:
+        await stop_sidecar(sidecar)
+
+
+async def test_failure_threshold_deactivates_reg_trunk_with_alert(cluster_id: str, mysql_db: str, redis: Redis) -> None:
+    port = free_port()
+    name = f"Reject {cluster_id}"
+    carrier = await seed_carrier(mysql_db, port, name=name)
+    sipp = uas("uas-carrier-reject.xml", port, {"STATUS": "403 Forbidden", "TIMES": "2"})
+    await asyncio.sleep(0.3)
+    env = {
+        **FAST,
+        "REGISTER_RESPONSE_REMOVE": "403,503",
+        "JAMBONES_REGBOT_REGISTER_FAILURE_THRESHOLD": "2",
+        "JAMBONES_REGBOT_FAILURE_RETRY_INTERVAL": "1",
+        "JAMBONES_TIME_SERIES_HOST": "127.0.0.1",
+    }
+    sidecar = await start_sidecar(cluster_id, mysql_db, env=env)
+    try:
+        result = await asyncio.wait_for(sipp, 40)
+        assert result.returncode == 0, result.stderr
+
+        async def deactivated() -> dict[str, object] | None:
+            row = await carrier_row(mysql_db, carrier.carrier_sid)
+            return row if not row["is_active"] else None
+
+        row = await eventually(deactivated)
+        assert row["requires_register"]  # a reg trunk is deactivated, not unregistered
+        status = json.loads(str(row["register_status"]))
+        assert status["status"] == "fail" and status["reason"] == "403 Forbidden" and status["expires"] == 0
+        until = await redis.hget("eph-gw-ip:127.0.0.1", carrier.carrier_sid)
+        assert until is None  # the stopped regbot's field is deleted
+        message = f"Deactivating carrier {name} (sid:{carrier.carrier_sid}) due to registration errors"
+
+        async def alerted() -> bool:
+            async with aiohttp.ClientSession() as session:
+                query = f"SELECT message FROM alerts WHERE message = '{message}'"
+                async with session.get("http://127.0.0.1:8086/query", params={"db": "alerts", "q": query}) as r:
+                    body = await r.json()
+            return bool(body["results"][0].get("series"))
+
+        await eventually(alerted)
+        await asyncio.sleep(2.5)  # stopped: no REGISTER after the threshold (sipp has gone; nothing is sent)
+        codec = default_codec()
+        commands = [codec.decode(f) for _, f in await redis.xrange(sidecar.names.commands)]
+        assert len(commands) == 2
+    finally:
+        await stop_sidecar(sidecar)
