@@ -57,3 +57,26 @@ async def test_sampled_metrics_go_with_their_rate() -> None:
         b"sbc.registration.total.response_time:3|h|@0.5|#status:200",
         b"app.hook.response_time:2|h|@0.5|#hook_type:auth,status:200",
     ]
+
+
+async def test_tcp_metrics_are_newline_terminated_lines() -> None:
+    lines: list[bytes] = []
+    got = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            lines.append(line)
+            got.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with StatsdClient(StatsdSettings(port=port, protocol="tcp", telegraf=True)) as client:
+            client.histogram("sbc.registration.cached.response_time", 1, ["status:200"])
+        async with asyncio.timeout(2):
+            await got.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert lines == [b"sbc.registration.cached.response_time,status=200:1|h\n"]
