@@ -15,6 +15,7 @@ from events.catalog import EVENT_TYPES, default_codec
 from events.codec import EventCodec, EventDecodeError
 from events.envelope import Event, new_event_id, now_ms, stamp, utc_now
 from events.registration import (
+    BlockStarted,
     DeviceLimitReached,
     DigestCredentials,
     OptionsReceived,
@@ -35,6 +36,7 @@ from events.streams import StreamNames, partition_of, user_key
 
 __all__ = [
     "EVENT_TYPES",
+    "BlockStarted",
     "CarrierDeactivated",
     "CarrierRegistered",
     "CarrierRegisterFailed",

@@ -6,6 +6,7 @@ from events.carriers import CARRIER_EVENTS
 from events.codec import EventCodec, Upcaster
 from events.envelope import Event
 from events.registration import (
+    BlockStarted,
     DeviceLimitReached,
     OptionsReceived,
     RegisterChallenged,
@@ -33,6 +34,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RequestExpired,
     DeviceLimitReached,
     WebhookFailed,
+    BlockStarted,
     ReplyIssued,
     ServerCheckedIn,
     ServerLeft,

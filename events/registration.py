@@ -232,3 +232,27 @@ class ReplyIssued(Event, frozen=True, kw_only=True):
     status: int
     reason: str
     headers: list[tuple[str, str]] = []
+
+
+class BlockStarted(Event, frozen=True, kw_only=True):
+    """Too many failed authentications: a source IP or an AOR is refused for a while (brute-force throttling).
+
+    One fact per block; the blocked attempts that follow record nothing. `aor` and the source are those of
+    the attempt that brought the failures to their limit.
+    """
+
+    TYPE = "BlockStarted"
+
+    subject_kind: str  # "ip" or "aor"
+    subject: str  # the IP address or the AOR blocked
+    failures: int  # failed authentications within the window
+    window_s: int
+    block_s: int  # how long the block lasts
+    until_ms: int
+    strike: int  # 1 for a first block; each block within a day doubles the next one
+    aor: str | None = None
+    account_sid: str | None = None
+    service_provider_sid: str | None = None  # an alert tag (SPEC 5.3)
+    source_ip: str
+    source_port: int
+    call_id: str

@@ -121,6 +121,25 @@ class StreamNames:
     def history(self, aor: str) -> str:
         return f"{self.prefix}:history:{aor}"
 
+    # Brute-force throttling (processors/registrar/throttle.py); `kind` is "ip" or "aor".
+    def auth_failures(self, kind: str, subject: str) -> str:
+        """Failed authentications of a source IP or an AOR within the window (a counter with a TTL)."""
+        return f"{self.prefix}:auth-failures:{kind}:{subject}"
+
+    def auth_block(self, kind: str, subject: str) -> str:
+        """A block in force (JSON of its end, start, strike and failures; TTL the block's length)."""
+        return f"{self.prefix}:auth-block:{kind}:{subject}"
+
+    def auth_strikes(self, kind: str, subject: str) -> str:
+        """How many blocks a subject had lately: each makes the next one twice as long."""
+        return f"{self.prefix}:auth-strikes:{kind}:{subject}"
+
+    @property
+    def auth_block_pattern(self) -> str:
+        """SCAN pattern of every block key (the prefix's `{p}` escaped for glob matching)."""
+        prefix = self.prefix.replace("[", "\\[").replace("]", "\\]").replace("*", "\\*").replace("?", "\\?")
+        return f"{prefix}:auth-block:*"
+
     def server_last_seen(self, kind: str) -> str:
         """Sorted set member → time (ms) of its last `open` heartbeat, for one kind (fs, rtp,
         service-url); shared by every sidecar of the cluster, swept by the server expiry."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from events import DeviceLimitReached, Event, WebhookFailed
+from events import BlockStarted, DeviceLimitReached, Event, WebhookFailed
 from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line
 from runtime.handling import Delivery, Outcome
 
@@ -48,6 +48,13 @@ def alert_of(event: Event) -> tuple[str | None, dict[str, str | None], str] | No
         if event.status is None:
             return "webhook-connection-failure", tags, f"failed to connect to {event.url}"
         return "webhook-failure", tags, f"{event.url} returned {event.status}"
+    if isinstance(event, BlockStarted):  # brute-force throttling: not a jambonz alert type, our own
+        tags = {"account_sid": event.account_sid, "service_provider_sid": event.service_provider_sid}
+        message = (
+            f"{event.subject_kind} {event.subject} blocked for {event.block_s} s after {event.failures} failed "
+            f"authentications within {event.window_s} s (block {event.strike} in a row)"
+        )
+        return "sip-auth-blocked", tags, message
     return None
 
 

@@ -118,6 +118,35 @@ async def _replay(settings: StreamSettings, projection: str) -> int:
     return 0
 
 
+def cmd_blocks(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from runtime.settings import StreamSettings
+
+    clear = args.subject if args.blocks_command == "clear" else None
+    return _run_async(_blocks(StreamSettings.from_env(env), clear, as_json=args.json))
+
+
+async def _blocks(settings: StreamSettings, clear: str | None, *, as_json: bool) -> int:
+    import json
+    from dataclasses import asdict
+
+    from events import StreamNames
+    from processors.registrar.blocks import clear_block, list_blocks
+    from runtime.connections import open_redis
+
+    names = StreamNames(settings.eventlog.cluster_id)
+    async with open_redis(settings.redis) as redis:
+        if clear is not None:
+            subject, value, lifted = await clear_block(redis, names, clear)
+            print(f"{subject.value} {value}: " + ("block lifted" if lifted else "not blocked; failures forgotten"))
+            return 0
+        blocks = await list_blocks(redis, names)
+    for block in blocks:
+        print(json.dumps(asdict(block)) if as_json else block.describe())
+    if not blocks and not as_json:
+        print("no blocks in force")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sbc-sidecar",
@@ -190,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd = commands.add_parser("replay", help="rebuild a projection from the streams")
     replay_cmd.add_argument("projection", choices=["registrations"])
     replay_cmd.set_defaults(func=cmd_replay)
+
+    blocks = commands.add_parser("blocks", help="source IPs and AORs blocked after failed authentications")
+    blocks.add_argument("--json", action="store_true", help="one JSON object per line")
+    blocks.set_defaults(func=cmd_blocks, blocks_command=None)
+    blocks_commands = blocks.add_subparsers(dest="blocks_command")
+    clear = blocks_commands.add_parser("clear", help="lift the block of an IP or an AOR and forget its failures")
+    clear.add_argument("subject", help="an IP address, or an AOR (user@host, sip:user@host, <sip:...>)")
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)

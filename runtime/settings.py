@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from runtime.errors import ConfigError
 
 DEFAULT_NETWORK_CIDR = "192.168.0.0/24,172.16.0.0/16,10.0.0.0/8"
+DEFAULT_TRUSTED_SOURCES = ("127.0.0.0/8", "::1/128")
 SIP_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 
 
@@ -108,6 +109,11 @@ class SipSettings:
     idle_timeout_s: float = 600.0
     reuse_port: bool = False
     network_cidrs: tuple[str, ...] = tuple(DEFAULT_NETWORK_CIDR.split(","))
+    # Abuse limits of the native front. Trusted sources (loopback by default) are exempt from the two per-IP ones.
+    trusted_sources: tuple[str, ...] = DEFAULT_TRUSTED_SOURCES
+    flood_max_per_s: int = 200  # messages per second from one source IP; beyond, dropped (0: no limit)
+    message_deadline_s: float = 10.0  # a stream message must be complete this long after its first byte
+    max_connections_per_ip: int = 100  # TCP/TLS/WS connections from one source IP at once (0: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,18 @@ class StatsdSettings:
     max_buffer_size: int = 0  # 0: one datagram per metric
     buffer_flush_interval_ms: int | None = None
     telegraf: bool = False  # Telegraf's tag format instead of DogStatsD's
+
+
+@dataclass(frozen=True, slots=True)
+class AuthThrottleSettings:
+    """Brute-force throttling of the registrar (SIDECAR_AUTH_*): failed authentications that lead to a block."""
+
+    enabled: bool = True
+    failures_per_aor: int = 10
+    failures_per_ip: int = 30
+    window_s: int = 60
+    block_s: int = 300
+    block_max_s: int = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +183,7 @@ class Settings:
     webhook_max_concurrency: int = 400
     webhook_breaker_failures: int = 5
     webhook_breaker_open_s: float = 30.0
+    auth_throttle: AuthThrottleSettings = AuthThrottleSettings()
     ingest_id: str = ""
     sbc_public_address_keep_alive_ms: int = 900_000
     dead_sbc_s: int = 3600
@@ -386,6 +405,39 @@ class _Reader:
             telegraf=self.raw("STATS_TELEGRAF") in ("1", "true"),
         )
 
+    def trusted_sources(self) -> tuple[str, ...]:
+        """SIDECAR_SIP_TRUSTED_SOURCES: CIDRs exempt from the per-IP flood and connection limits (`none`: no one)."""
+        name = "SIDECAR_SIP_TRUSTED_SOURCES"
+        text = self.raw(name)
+        if text is None:
+            return DEFAULT_TRUSTED_SOURCES
+        if text.lower() == "none":
+            return ()
+        cidrs = tuple(part.strip() for part in text.split(",") if part.strip())
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(name, f"{cidr!r} is not a CIDR") from None
+        return cidrs
+
+    def auth_throttle(self) -> AuthThrottleSettings:
+        enabled = (self.raw("SIDECAR_AUTH_THROTTLE") or "on").lower()
+        if enabled not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+            raise ConfigError("SIDECAR_AUTH_THROTTLE", f"must be on or off, got {enabled!r}")
+        block_s = self.integer("SIDECAR_AUTH_BLOCK_S", 300, minimum=1)
+        block_max_s = self.integer("SIDECAR_AUTH_BLOCK_MAX_S", 86_400, minimum=1)
+        if block_max_s < block_s:
+            raise ConfigError("SIDECAR_AUTH_BLOCK_MAX_S", f"must be at least SIDECAR_AUTH_BLOCK_S ({block_s})")
+        return AuthThrottleSettings(
+            enabled=enabled in ("on", "1", "true", "yes"),
+            failures_per_aor=self.integer("SIDECAR_AUTH_FAILURES_PER_AOR", 10, minimum=1),
+            failures_per_ip=self.integer("SIDECAR_AUTH_FAILURES_PER_IP", 30, minimum=1),
+            window_s=self.integer("SIDECAR_AUTH_FAILURE_WINDOW_S", 60, minimum=1),
+            block_s=block_s,
+            block_max_s=block_max_s,
+        )
+
     def cidrs(self) -> tuple[str, ...]:
         name = "JAMBONES_NETWORK_CIDR"
         text = self.text(name, DEFAULT_NETWORK_CIDR)
@@ -465,6 +517,10 @@ class _Reader:
                 idle_timeout_s=self.number("SIDECAR_SIP_IDLE_TIMEOUT_S", 600.0, minimum=1.0),
                 reuse_port=self.raw("SIDECAR_SIP_REUSE_PORT") in ("1", "true", "yes"),
                 network_cidrs=self.cidrs(),
+                trusted_sources=self.trusted_sources(),
+                flood_max_per_s=self.integer("SIDECAR_SIP_FLOOD_MAX_PER_S", 200, minimum=0),
+                message_deadline_s=self.number("SIDECAR_SIP_MESSAGE_DEADLINE_S", 10.0, minimum=0.1),
+                max_connections_per_ip=self.integer("SIDECAR_SIP_MAX_CONNECTIONS_PER_IP", 100, minimum=0),
             ),
             eventlog=eventlog,
             encryption_secret=Secret(secret),
@@ -483,6 +539,7 @@ class _Reader:
             webhook_max_concurrency=self.integer("SIDECAR_WEBHOOK_MAX_CONCURRENCY", 400, minimum=1),
             webhook_breaker_failures=self.integer("SIDECAR_WEBHOOK_BREAKER_FAILURES", 5, minimum=0),
             webhook_breaker_open_s=self.number("SIDECAR_WEBHOOK_BREAKER_OPEN_S", 30.0, minimum=0.1),
+            auth_throttle=self.auth_throttle(),
             ingest_id=self.text("SIDECAR_INGEST_ID", f"{socket.gethostname()}-{os.getpid()}"),
             sbc_public_address_keep_alive_ms=self.integer("SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000),
             dead_sbc_s=self.integer("DEAD_SBC_IN_SECOND", 3600),

@@ -9,6 +9,7 @@ test. The clock is the `now_ms` argument; nothing reads the time.
 Stages, each usable on its own:
   screen            Request-URI IPv4, Contact, expires, To-URI            (SPEC 2.1, 2.2)
   check_cache       cached binding from the same source, > 30 s left       (SPEC 2.3)
+  check_block       a blocked source IP or AOR (brute-force throttling, throttle.py)
   check_account     realm → account, deactivated, unknown realm            (SPEC 2.2)
   check_device_limit  hosted mode, register only                           (SPEC 2.4)
   check_credentials 401 challenge, malformed Authorization, stale nonce    (SPEC 2.5, DESIGN 7)
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TypedDict
 
 from events import (
+    BlockStarted,
     DeviceLimitReached,
     Event,
     RegisterChallenged,
@@ -56,7 +58,9 @@ from processors.registrar.facts import (
 )
 from processors.registrar.grant import Grant, grant_from_webhook, merge_headers
 from processors.registrar.nonce import NonceCheck, NonceSigner
+from processors.registrar.throttle import REASON_BLOCKED, ThrottlePolicy, ThrottleState, count_failure, success_writes
 from processors.registrar.webhook import loggable_url
+from runtime.handling import RedisCommand
 
 NAT_EXPIRES_S = 30  # advertised to UDP clients, and in every cached answer
 CACHE_MARGIN_S = 30  # a cached binding answers only while more than this is left
@@ -93,14 +97,18 @@ class RegistrarPolicy:
     hosting: bool
     nonces: NonceSigner
     passwords: ClientPasswordCipher
+    throttle: ThrottlePolicy | None = None  # brute-force throttling; applied when the facts carry its state
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The facts for the `registrations` stream and the reply for `replies:<reply_to>`."""
+    """The facts for the `registrations` stream, the reply for `replies:<reply_to>`, and the throttle's
+    counter writes (committed with them)."""
 
     facts: tuple[Event, ...]
     reply: ReplyIssued
+    writes: tuple[RedisCommand, ...] = ()
+    throttled: bool = False  # refused unheard: its source IP or AOR is blocked
 
     @property
     def status(self) -> int:
@@ -497,6 +505,55 @@ def accept(sit: Situation, account: Account | None, grant: Grant) -> Decision:
     return sit.answer(200, "OK", headers, granted)
 
 
+def check_block(sit: Situation, state: ThrottleState) -> Decision | None:
+    """403 without a lookup, a webhook call or a fact while the source IP or the AOR is blocked."""
+    if state.blocked() is None:
+        return None
+    answered = sit.answer(403, "Forbidden", [(X_REASON, REASON_BLOCKED)])
+    return Decision(facts=(), reply=answered.reply, throttled=True)
+
+
+def refused_credentials(judged: Decision, verdict: WebhookVerdict | None) -> bool:
+    """Whether a judged REGISTER is a failed authentication the throttle counts (throttle.py says which).
+
+    The webhook's 403 counts only as its verdict on a 200 (`status` not ok); an HTTP error of the webhook
+    relayed as 403 says nothing about the phone's password. The `clients` table refuses only with 403.
+    """
+    if judged.status != 403:
+        return False
+    return verdict is None or verdict.http_status == 200
+
+
+def count_refused(
+    sit: Situation, judged: Decision, policy: ThrottlePolicy, state: ThrottleState, account: Account
+) -> Decision:
+    """The refusal with its failure counted, and a `BlockStarted` for each block it starts (before the refusal,
+    which stays the fact that answers the request)."""
+    aor = sit.aor
+    assert aor is not None  # screened
+    counted = count_failure(policy, state, sit.request.source_ip, aor, sit.now_ms)
+    started = tuple(
+        BlockStarted(
+            **sit.envelope(),
+            subject_kind=block.subject.value,
+            subject=block.value,
+            failures=block.failures,
+            window_s=policy.window_s,
+            block_s=block.duration_s,
+            until_ms=block.until_ms,
+            strike=block.strike,
+            aor=aor,
+            account_sid=account.account_sid,
+            service_provider_sid=account.service_provider_sid,
+            source_ip=sit.request.source_ip,
+            source_port=sit.request.source_port,
+            call_id=sit.request.call_id,
+        )
+        for block in counted.blocks
+    )
+    return Decision(facts=started + judged.facts, reply=judged.reply, writes=counted.writes)
+
+
 # --- the whole chain ---------------------------------------------------------------------
 
 
@@ -513,6 +570,11 @@ def decide(
     early = screen(sit) or check_cache(sit, facts.binding)
     if early is not None:
         return early
+    throttle, state = policy.throttle, facts.throttle
+    if throttle is not None and state is not None:
+        blocked = check_block(sit, state)
+        if blocked is not None:
+            return blocked
     account = check_account(sit, facts.account, policy.hosting)
     if not isinstance(account, Account):
         return account
@@ -533,5 +595,12 @@ def decide(
             return Need.CLIENT
         judged = judge_client(sit, account, facts.client, policy.passwords)
     if isinstance(judged, Decision):
+        if throttle is not None and state is not None and refused_credentials(judged, facts.verdict):
+            return count_refused(sit, judged, throttle, state, account)
         return judged
-    return accept(sit, account, judged)
+    accepted = accept(sit, account, judged)
+    if throttle is not None and state is not None:
+        forget = success_writes(throttle, state, sit.request.source_ip, sit.aor or "")
+        if forget:
+            return Decision(facts=accepted.facts, reply=accepted.reply, writes=forget)
+    return accepted

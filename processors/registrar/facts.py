@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from processors.registrar.throttle import ThrottleState
+
 
 class Absent(enum.Enum):
     NOT_FOUND = "not-found"
@@ -131,6 +133,7 @@ class Facts:
     device_count: int | StoreFailure | None = None
     verdict: WebhookVerdict | None = None
     client: Client | Absent | StoreFailure | None = None
+    throttle: ThrottleState | None = None  # read up front for the batch; None: throttling off
 
     def having(self, **gathered: object) -> Facts:
         """A copy with more facts gathered."""

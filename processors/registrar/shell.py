@@ -51,6 +51,7 @@ from processors.registrar.facts import NOT_FOUND, Account, Facts, StoreFailure, 
 from processors.registrar.lookup_cache import Missing, TtlCache
 from processors.registrar.nonce import NonceSigner
 from processors.registrar.tenants import WebhookGate
+from processors.registrar.throttle import ThrottlePolicy, ThrottleState, ThrottleStats, throttle_policy
 from processors.registrar.webhook import WebhookCall, call_webhook, webhook_payload
 from runtime.errors import StoreUnavailable
 from runtime.handling import Delivery, Outcome, Step
@@ -80,6 +81,7 @@ class RegistrarConfig:
     webhook_breaker_failures: int = 5  # SIDECAR_WEBHOOK_BREAKER_FAILURES (0: no breaker)
     webhook_breaker_open_s: float = 30.0  # SIDECAR_WEBHOOK_BREAKER_OPEN_S
     streams: StreamNames = StreamNames()  # the partition this registrar consumes and writes
+    throttle: ThrottlePolicy | None = None  # SIDECAR_AUTH_*: brute-force throttling (None: off)
 
     @classmethod
     def from_settings(cls, settings: Settings, partition: int = 0) -> RegistrarConfig:
@@ -96,6 +98,7 @@ class RegistrarConfig:
             webhook_breaker_failures=settings.webhook_breaker_failures,
             webhook_breaker_open_s=settings.webhook_breaker_open_s,
             streams=StreamNames(settings.eventlog.cluster_id, partition),
+            throttle=throttle_policy(settings, StreamNames(settings.eventlog.cluster_id, partition)),
         )
 
 
@@ -130,7 +133,9 @@ class Registrar:
             hosting=config.hosting,
             nonces=NonceSigner(config.encryption_secret, config.nonce_ttl_s),
             passwords=ClientPasswordCipher(config.encryption_secret, legacy_crypto=config.legacy_crypto),
+            throttle=config.throttle,
         )
+        self.throttle_stats = ThrottleStats()
         self._accounts = AccountStore(
             mysql_pool, cache_ttl_s=config.account_cache_ttl_s, query_timeout_s=config.store_timeout_s
         )
@@ -143,7 +148,7 @@ class Registrar:
         )
 
     def metrics(self) -> dict[str, float]:
-        return self._webhooks.metrics()
+        return {**self._webhooks.metrics(), **self.throttle_stats.metrics()}
 
     def order_key(self, event: Event) -> str | None:
         """REGISTERs of one AOR are decided in arrival order (a refresh reads the binding its predecessor wrote)."""
@@ -170,13 +175,13 @@ class Registrar:
         if not live:
             return steps
         try:
-            bindings = await self._cached_bindings([request for _, _, request in live])
+            stored = await self._batch_read([request for _, _, request in live])
         except StoreUnavailable as exc:
             for i, _, _ in live:
                 steps[i] = exc
             return steps
         for i, delivery, request in live:
-            steps[i] = self._first_step(delivery, request, bindings)
+            steps[i] = self._first_step(delivery, request, stored)
         return steps
 
     async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]:
@@ -194,21 +199,30 @@ class Registrar:
                 results[i] = result
         return results
 
-    async def _cached_bindings(self, requests: Sequence[RegisterReceived]) -> dict[str, bytes | str]:
-        """One MGET for every `user:<aor>` the batch may answer from the cache."""
-        aors = sorted({aor for r in requests if (aor := cached_binding_aor(r)) is not None})
-        if not aors:
+    async def _batch_read(self, requests: Sequence[RegisterReceived]) -> dict[str, bytes | str]:
+        """One MGET for every `user:<aor>` the batch may answer from the cache and every throttle key
+        (failures, strikes, blocks of each source IP and AOR); key → value of those present."""
+        keys = {user_key(aor) for r in requests if (aor := cached_binding_aor(r)) is not None}
+        throttle = self._policy.throttle
+        if throttle is not None:
+            keys.update(key for r in requests if r.aor is not None for key in throttle.keys(r.source_ip, r.aor))
+        if not keys:
             return {}
+        ordered = sorted(keys)
         try:
             async with asyncio.timeout(self._config.store_timeout_s):
-                values = await self._mget([user_key(aor) for aor in aors])
+                values = await self._mget(ordered)
         except (RedisError, TimeoutError) as exc:
             raise StoreUnavailable(f"reading cached bindings failed: {type(exc).__name__}") from exc
-        return {aor: value for aor, value in zip(aors, values, strict=True) if value is not None}
+        return {key: value for key, value in zip(ordered, values, strict=True) if value is not None}
 
-    def _first_step(self, delivery: Delivery, request: RegisterReceived, bindings: dict[str, bytes | str]) -> Step:
+    def _first_step(self, delivery: Delivery, request: RegisterReceived, stored: dict[str, bytes | str]) -> Step:
         aor = cached_binding_aor(request)
-        facts = Facts(binding=parse_stored_binding(bindings.get(aor)) if aor else None)
+        facts = Facts(binding=parse_stored_binding(stored.get(user_key(aor))) if aor else None)
+        throttle = self._policy.throttle
+        if throttle is not None and request.aor is not None:
+            state = ThrottleState.of([stored.get(key) for key in throttle.keys(request.source_ip, request.aor)])
+            facts = facts.having(throttle=state)
         now_ms = int(self._clock() * 1000)
         step = decide(request, facts, self._policy, now_ms=now_ms, causation_id=delivery.entry_id)
         if step is Need.ACCOUNT:  # usually cached: decided without a task
@@ -275,7 +289,8 @@ class Registrar:
             for fact in facts
         ]
         appends.append((streams.replies(request.reply_to), decision.reply))
-        return Outcome(appends=appends)
+        self.throttle_stats.count(decision)
+        return Outcome(appends=appends, writes=list(decision.writes))
 
     async def _gather(self, need: Need, request: RegisterReceived, facts: Facts, now_ms: int) -> Facts:
         realm = request.aor_host or ""
