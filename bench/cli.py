@@ -99,7 +99,8 @@ class BenchRun:
                 await servers.stop_started()
 
     async def _with_servers(self) -> int:
-        tenant = Tenant()
+        # the soak's records must be its own: a realm per run (another bench run cleans bench.local's)
+        tenant = Tenant(realm=f"soak-{secrets.token_hex(3)}.{REALM}") if self.args.soak else Tenant()
         hung_tenant = Tenant(realm=HUNG_REALM, name="bench-hung") if self.args.isolation else None
         realms = [t.realm for t in (tenant, hung_tenant) if t is not None]
         database = BenchDatabase()
@@ -341,12 +342,17 @@ class BenchRun:
             "config": {
                 **soak.plan.as_dict(),
                 "webhook_delay_ms": self.args.webhook_delay_ms,
-                "realm": REALM,
+                "realm": soak.fleet.realm,
                 "archive_table": ARCHIVE_TABLE,
             },
             **soak.as_dict(),
         }
         say(f"[bench] soak bytes per phone by part: {numbers['bytes_per_phone_by_part']}")
+        if numbers["refreshes_challenged"]:
+            say(
+                f"[bench] soak: {numbers['refreshes_challenged']} refreshes from an unchanged source were challenged: "
+                "their cached binding was gone or changed (another client of this Redis?)"
+            )
         say(f"[bench] soak targets of issue 12: {numbers['targets_met']}")
         path = write_results(self.args.results_dir, document, suffix="-soak")
         say(f"[bench] results: {path}")

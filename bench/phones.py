@@ -205,6 +205,7 @@ class Fleet:
 
     def __init__(self, count: int, *, target_port: int, realm: str, password: str) -> None:
         target = ("127.0.0.1", target_port)
+        self.realm = realm
         self.phones = [Phone(index, realm=realm, password=password, target=target) for index in range(count)]
 
     async def __aenter__(self) -> Fleet:
