@@ -60,11 +60,12 @@ class StreamNames:
 
     @property
     def work_queues(self) -> dict[str, tuple[str, ...]]:
-        """The streams trimmed by consumption, each with the groups that must have read an entry first."""
+        """The streams trimmed by consumption, each with the groups (those of them that exist) that must have
+        read an entry first."""
         return {
             self.requests: (GROUP_PROCESSORS,),
             self.heartbeats: (GROUP_HEARTBEAT,),
-            self.refreshes: (GROUP_PROJECTIONS,),
+            self.refreshes: (GROUP_PROJECTIONS, GROUP_ALERTS_PROJECTION),
         }
 
     @property

@@ -10,7 +10,9 @@ reads a stream has acknowledged an entry it may go. The trimmer keeps:
   `events tail` and debugging), but never more than `SIDECAR_WORKQUEUE_GRACE_MAX` of them, so the grace
   costs a bounded amount of memory whatever the request rate.
 
-A stream none of whose groups exists yet is left alone (its appends still trim by the retention window).
+The groups of a stream are those that exist of its readers (the InfluxDB projections' group exists only where
+InfluxDB is configured); a stream none of whose readers exists yet is left alone (its appends still trim by
+the retention window).
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ class WorkQueueTrimmer:
         return {"trimmed": self.trimmed}
 
     async def consumed_up_to(self, stream: str, groups: Sequence[str]) -> tuple[int, int] | None:
-        """The first id some reading group still needs (everything before it is consumed by all), or None
-        when a group is missing (nothing may be trimmed yet)."""
+        """The first id some reading group still needs (everything before it is consumed by all of them), or
+        None when none of the reading groups exists yet (nothing may be trimmed)."""
         try:
             info: Any = await self.redis.xinfo_groups(stream)
         except ResponseError:  # no such stream
@@ -79,8 +81,8 @@ class WorkQueueTrimmer:
         needed: tuple[int, int] | None = None
         for group in groups:
             entry = by_name.get(group)
-            if entry is None:
-                return None
+            if entry is None:  # a reader not running in this deployment (the InfluxDB projections, say)
+                continue
             last = _id(entry["last-delivered-id"])
             first_needed = (last[0], last[1] + 1)
             if int(entry["pending"]) > 0:
