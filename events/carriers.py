@@ -56,6 +56,7 @@ class OutboundRegisterRequested(Event, frozen=True, kw_only=True):
     transport: str = "udp"
     resolve_addresses: bool = False  # a reg trunk: report the gateway's IP addresses with the answer
     deadline_ms: int = 0  # nobody acts on an answer after this (the regbot sends it again)
+    edge_id: str = ""  # the ingest that sends it: the leader's own, so every REGISTER leaves from one SBC
 
 
 class OutboundRegisterAnswered(Event, frozen=True, kw_only=True):

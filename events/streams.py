@@ -16,6 +16,13 @@ GROUP_ALERTS_PROJECTION = "projection-alerts"
 # Outbound registration: the SIP edges share `commands` (one of them sends each REGISTER), the regbot reads the
 # edges' answers on `carriers`, and the carriers projection (register_status, eph-gw-ip, alerts) follows it.
 GROUP_EDGE = "edge"
+
+
+def edge_group(ingest_id: str) -> str:
+    """The group with which one ingest reads `commands`: each edge sees every command and sends its own."""
+    return f"{GROUP_EDGE}:{ingest_id}"
+
+
 GROUP_REGBOT = "regbot"
 GROUP_CARRIERS_PROJECTION = "projection-carriers"
 

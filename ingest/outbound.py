@@ -1,10 +1,14 @@
 """The SIP edge's half of outbound registration: it sends the REGISTERs the regbot commands.
 
-A ConcurrentHandler over the `commands` stream (group `edge`, shared by every ingest: one of them sends each
-REGISTER). For each `OutboundRegisterRequested` it sends the REGISTER through the front as a client
-transaction, answers a 401/407 once with an MD5 digest (qop=auth with nc and cnonce when offered, opaque
-echoed; same Call-ID and From tag, CSeq + 1), and commits `OutboundRegisterAnswered` on `carriers` with the
-ack. The carrier password arrives sealed (runtime/sealed.py) and is opened only here, in memory.
+A ConcurrentHandler over the `commands` stream. Every ingest reads all commands with a group of its own
+(`edge:<ingest_id>`) and sends those addressed to it: the regbot addresses its own process's edge, so a
+carrier sees every REGISTER of the cluster leave from the leader's SBC (its Via, Contact and source), not from
+whichever SBC happened to read the command.
+
+For each `OutboundRegisterRequested` it sends the REGISTER through the front as a client transaction, answers
+a 401/407 once with an MD5 digest (qop=auth with nc and cnonce when offered, opaque echoed; same Call-ID and
+From tag, CSeq + 1), and commits `OutboundRegisterAnswered` on `carriers` with the ack. The carrier password
+arrives sealed (runtime/sealed.py) and is opened only here, in memory.
 """
 
 from __future__ import annotations
@@ -121,7 +125,8 @@ async def addresses_of(host: str, port: int | None) -> tuple[str, ...]:
 class OutboundRegistrations:
     """A ConcurrentHandler over `commands`: sends each commanded REGISTER, reports its final answer."""
 
-    def __init__(self, front: SipFront, names: StreamNames, sealer: Sealer) -> None:
+    def __init__(self, front: SipFront, names: StreamNames, sealer: Sealer, edge_id: str) -> None:
+        self.edge_id = edge_id
         self.front = front
         self.names = names
         self.sealer = sealer
@@ -139,8 +144,8 @@ class OutboundRegistrations:
         steps: list[Step] = []
         for delivery in deliveries:
             event = delivery.event
-            if not isinstance(event, OutboundRegisterRequested):
-                steps.append(Outcome())
+            if not isinstance(event, OutboundRegisterRequested) or event.edge_id not in ("", self.edge_id):
+                steps.append(Outcome())  # another SBC's command: its own edge sends it
             elif event.deadline_ms and now_ms() > event.deadline_ms:
                 steps.append(Outcome())  # the regbot has given up on this attempt and sends a new one
             else:

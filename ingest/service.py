@@ -268,14 +268,16 @@ def build_ingest(services: Services) -> list[Worker]:
         from ingest.fronts.native import NativeFront
 
         front = NativeFront.from_settings(settings.sip)
-    from events.streams import GROUP_EDGE
+    from events.streams import edge_group
     from ingest.outbound import OutboundRegistrations
     from runtime.admin import build as build_admin
     from runtime.consumer import ConcurrentConsumer
     from runtime.sealed import Sealer
 
-    # The edge sends the REGISTERs the regbot commands (any ingest of the cluster may take each one).
-    outbound = OutboundRegistrations(front, services.names, Sealer(settings.encryption_secret.reveal()))
-    edge = ConcurrentConsumer(services.eventlog, services.names.commands, GROUP_EDGE, outbound, max_in_flight=200)
+    # The edge sends the REGISTERs the regbot of its own process commands (see ingest/outbound.py).
+    sealer = Sealer(settings.encryption_secret.reveal())
+    outbound = OutboundRegistrations(front, services.names, sealer, settings.ingest_id)
+    commands, group = services.names.commands, edge_group(settings.ingest_id)
+    edge = ConcurrentConsumer(services.eventlog, commands, group, outbound, max_in_flight=200)
     # The admin socket (SPEC 5.1) lives beside the SIP edge: one per host, as the original's.
     return [IngestWorker(services, front), edge, *build_admin(services)]

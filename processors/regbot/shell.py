@@ -251,6 +251,7 @@ class Regbot:
             transport=target.transport,
             resolve_addresses=carrier.trunk_type == "reg",
             deadline_ms=now_ms + self.policy.attempt_timeout_ms,
+            edge_id=self.instance,
         )
         kept = state if state is not None else None
         new_state = GatewayState(

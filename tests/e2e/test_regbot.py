@@ -8,13 +8,15 @@ MariaDB, `eph-gw-ip:<ip>` in Redis, the failure threshold with its alert, and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
 import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import aiohttp
 import aiomysql
@@ -254,3 +256,85 @@ async def test_failure_threshold_deactivates_reg_trunk_with_alert(cluster_id: st
         assert len(commands) == 2
     finally:
         await stop_sidecar(sidecar)
+
+
+async def leader_events(redis: Redis, stream: str) -> list[tuple[str, str, datetime]]:
+    codec = default_codec()
+    out = []
+    for _, fields in await redis.xrange(stream):
+        event = codec.decode(fields)
+        if event.TYPE.startswith("RegbotLeader"):
+            out.append((event.TYPE, event.instance, event.occurred_at))  # type: ignore[attr-defined]
+    return out
+
+
+class Registrar(asyncio.DatagramProtocol):
+    """A carrier's registrar that answers each REGISTER 200 with `Expires: <grant>` at its source address, as a
+    real one does (sipp answers a call where its first message came from, so it cannot follow a new leader)."""
+
+    def __init__(self, grant_s: int) -> None:
+        self.grant_s = grant_s
+        self.seen: list[tuple[float, tuple[str, int], Seen]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        request = Seen(datetime.now(), data.decode())
+        self.seen.append((time.monotonic(), addr, request))
+        lines = ["SIP/2.0 200 OK"]
+        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+            lines.append(f"{name}: {request.header(name)}")
+        lines += [f"Expires: {self.grant_s}", "Content-Length: 0", "", ""]
+        assert self.transport is not None
+        self.transport.sendto("\r\n".join(lines).encode(), addr)
+
+
+async def test_one_leader_registers_and_a_peer_takes_over(cluster_id: str, mysql_db: str, redis: Redis) -> None:
+    port = free_port()
+    carrier = await seed_carrier(mysql_db, port, trunk_type="static_ip")
+    transport, registrar = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: Registrar(10), local_addr=("127.0.0.1", port)
+    )
+    env = {**FAST, "SIDECAR_REGBOT_LOCK_TTL_S": "3"}
+    first = await start_sidecar(cluster_id, mysql_db, env={**env, "SIDECAR_INGEST_ID": "sbc-a"})
+    second = None
+    try:
+        await eventually(lambda: leader_events(redis, first.names.carriers))
+        second = await start_sidecar(cluster_id, mysql_db, env={**env, "SIDECAR_INGEST_ID": "sbc-b"})
+        await asyncio.sleep(6)  # both run: one leader, one REGISTER per refresh, all from the leader's SBC
+        events = await leader_events(redis, first.names.carriers)
+        assert [(t, i) for t, i, _ in events] == [("RegbotLeaderAcquired", "sbc-a")]
+        assert {addr[1] for _, addr, _ in registrar.seen} == {first.udp_port}
+        assert first.task is not None
+        killed_at = datetime.now(UTC)
+        first.task.cancel()  # no clean stop: the lock is left to lapse, as after kill -9
+        with contextlib.suppress(asyncio.CancelledError):
+            await first.task
+
+        async def taken_over() -> datetime | None:
+            for kind, instance, at in await leader_events(redis, first.names.carriers):
+                if kind == "RegbotLeaderAcquired" and instance == "sbc-b":
+                    return at
+            return None
+
+        acquired_at = await eventually(taken_over, timeout_s=15)
+        takeover_s = (acquired_at - killed_at).total_seconds()
+        print(f"leader takeover after {takeover_s:.2f} s (lock TTL 3 s, check every 1 s)")
+        assert takeover_s <= 3 + 1 + 1
+        assert second is not None
+        new_port = second.udp_port
+        await eventually(lambda: asyncio.sleep(0, [a for _, a, _ in registrar.seen if a[1] == new_port][1:]), 20)
+        times = [t for t, _, _ in registrar.seen]
+        gaps = [round(b - a, 2) for a, b in itertools.pairwise(times)]
+        print("refresh gaps", gaps, "sources", [a[1] for _, a, _ in registrar.seen])
+        assert all(gap < 10 for gap in gaps), gaps  # the binding (10 s) never lapsed across the takeover
+        assert all(gap >= 4 for gap in gaps), gaps  # one leader: one REGISTER per refresh, never two
+        cseqs = [int((r.header("CSeq") or "0").split()[0]) for _, _, r in registrar.seen]
+        assert cseqs == sorted(set(cseqs))  # the new leader continued the CSeq from the shared state
+        assert {r.header("Call-ID") for _, _, r in registrar.seen} == {carrier.gateway_sid}
+    finally:
+        transport.close()
+        if second is not None:
+            await stop_sidecar(second)
