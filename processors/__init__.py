@@ -61,6 +61,7 @@ def build(services: Services) -> list[Worker]:
         *_regbot(services),
     ]
 
+
 def _regbot(services: Services) -> list[Worker]:
     """Outbound registration: the leader loop, the answers handler and the carriers projection (it writes MySQL)."""
     from events.streams import GROUP_CARRIERS_PROJECTION, GROUP_REGBOT

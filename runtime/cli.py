@@ -89,10 +89,23 @@ def cmd_events_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_history(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from runtime.inspect import print_history
+    from runtime.inspect import InspectError, print_history
     from runtime.settings import StreamSettings
 
+    if args.carrier is not None:
+        from runtime.carriers_view import print_carrier_history
+
+        return _run_async(print_carrier_history(StreamSettings.from_env(env), args.carrier))
+    if args.aor is None:
+        raise InspectError("history needs an address of record or --carrier <voip_carrier_sid or name>")
     return _run_async(print_history(StreamSettings.from_env(env), args.aor, as_json=args.json))
+
+
+def cmd_carriers(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from runtime.carriers_view import print_carriers
+    from runtime.settings import StreamSettings
+
+    return _run_async(print_carriers(StreamSettings.from_env(env)))
 
 
 def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -212,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(func=cmd_events_tail)
 
     history = commands.add_parser("history", help="the story of one address of record, oldest first")
-    history.add_argument("aor", help="user@realm, sip:user@realm, sips:user@realm or <sip:user@realm>")
+    history.add_argument("aor", nargs="?", help="user@realm, sip:user@realm, sips:user@realm or <sip:user@realm>")
+    history.add_argument("--carrier", default=None, help="the outbound registrations of a carrier (sid or name)")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
     history.set_defaults(func=cmd_history)
 
@@ -226,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     blocks_commands = blocks.add_subparsers(dest="blocks_command")
     clear = blocks_commands.add_parser("clear", help="lift the block of an IP or an AOR and forget its failures")
     clear.add_argument("subject", help="an IP address, or an AOR (user@host, sip:user@host, <sip:...>)")
+
+    carriers = commands.add_parser("carriers", help="outbound registrations: each gateway's state and next attempt")
+    carriers.set_defaults(func=cmd_carriers)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)

@@ -20,11 +20,13 @@ from datetime import UTC, datetime
 
 import aiohttp
 import aiomysql
+import pytest
 from redis.asyncio import Redis
 
 from events import default_codec
 from ingest.sip.digest import parse_digest_params
-from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, free_port
+from runtime import cli
+from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, base_env, free_port
 from tests.e2e.conftest import SippResult, run_sipp, start_sidecar, stop_sidecar
 
 PASSWORD = "s3cret-carrier"
@@ -121,7 +123,9 @@ def received_registers(messages: str) -> list[Seen]:
     return seen
 
 
-async def test_digest_register_refresh_status_and_eph_gw_ip(cluster_id: str, mysql_db: str, redis: Redis) -> None:
+async def test_digest_register_refresh_status_and_eph_gw_ip(
+    cluster_id: str, mysql_db: str, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
     port = free_port()
     carrier = await seed_carrier(mysql_db, port)
     sipp = uas("uas-carrier-digest.xml", port, {"CONTACT_GRANT": "4", "GRANT": "6"})
@@ -181,6 +185,20 @@ async def test_digest_register_refresh_status_and_eph_gw_ip(cluster_id: str, mys
         assert "RegbotLeaderAcquired" in types and types.count("CarrierRegistered") >= 3
         for _, fields in stream + await redis.xrange(sidecar.names.commands):
             assert PASSWORD.encode() not in fields[b"data"]
+        capsys.readouterr()
+        env = base_env(cluster_id, mysql_db)
+        assert await asyncio.to_thread(cli.main, ["carriers"], env) == 0
+        listing = capsys.readouterr().out
+        assert f"Carrier One ({carrier.carrier_sid}) gateway {carrier.gateway_sid}" in listing
+        assert "state registered; last answer 200 OK" in listing and "total 1, registered 1" in listing
+        assert await asyncio.to_thread(cli.main, ["history", "--carrier", "Carrier One"], env) == 0
+        story = capsys.readouterr().out
+        assert "answered 200 OK (with credentials) cseq 2" in story
+        assert "registered for 6s" in story and "registered for 4s" in story
+        assert PASSWORD not in listing + story
+        with capsys.disabled():
+            print("\n--- sipp (carrier) transcript ---\n" + result.messages)
+            print("--- sbc-sidecar carriers ---\n" + listing + "--- sbc-sidecar history --carrier ---\n" + story)
     finally:
         await stop_sidecar(sidecar)
         await redis.hdel("eph-gw-ip:127.0.0.1", carrier.carrier_sid)
