@@ -73,7 +73,14 @@ class StreamNames:
             self.requests: (GROUP_PROCESSORS,),
             self.heartbeats: (GROUP_HEARTBEAT,),
             self.refreshes: (GROUP_PROJECTIONS, GROUP_ALERTS_PROJECTION),
+            # Facts too: their audit is the history, and `replay` starts from the snapshot (see trim_bounds).
+            self.registrations: (GROUP_PROJECTIONS, GROUP_ALERTS_PROJECTION),
         }
+
+    @property
+    def trim_bounds(self) -> dict[str, str]:
+        """Work queues that may be trimmed only up to an id kept in a key: the facts, up to the snapshot."""
+        return {self.registrations: self.registrations_snapshot_covers}
 
     @property
     def registrations(self) -> str:
@@ -120,6 +127,17 @@ class StreamNames:
     def registration_versions(self) -> str:
         """Hash aor → stream id of the last registration event applied to `user:<aor>`."""
         return f"{self.prefix}:registration-version"
+
+    @property
+    def registrations_snapshot(self) -> str:
+        """The live bindings (records, versions, expiry times), zlib-compressed JSON, for `replay` to start from."""
+        return f"{self.prefix}:registrations-snapshot"
+
+    @property
+    def registrations_snapshot_covers(self) -> str:
+        """The last `registrations` entry the snapshot includes: replay applies only what follows it, and the
+        stream is never trimmed past it."""
+        return f"{self.prefix}:registrations-snapshot-covers"
 
     @property
     def expiry_due(self) -> str:

@@ -17,6 +17,7 @@ def build(services: Services) -> list[Worker]:
     from processors.heartbeat import Heartbeat, ServerExpiry
     from processors.registrar import Registrar, RegistrarConfig
     from projections.registrations import RegistrationsProjection
+    from projections.snapshot import SnapshotTaker
     from runtime.consumer import ConcurrentConsumer, Consumer
     from runtime.workqueues import WorkQueueTrimmer
 
@@ -56,7 +57,11 @@ def build(services: Services) -> list[Worker]:
             services.names.work_queues,
             grace_s=settings.eventlog.workqueue_grace_s,
             grace_max=settings.eventlog.workqueue_grace_max,
+            bounds=services.names.trim_bounds,
             clock=services.clock,
+        ),
+        SnapshotTaker(
+            services.redis, services.names, interval_s=settings.eventlog.snapshot_interval_s, clock=services.clock
         ),
         *_regbot(services),
     ]

@@ -11,7 +11,7 @@ expires with the window.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -183,7 +183,12 @@ class HistoryProjection:
             run = _json.encode(
                 {**step, "type": "Run", "of": event.TYPE, "count": 1, "last_at": step["at"], "id": entry_id}
             ).decode()
-        members += [at_ms, _json.encode(step).decode()]
+        if isinstance(event, RegistrationRefreshed):
+            # A cached refresh changes nothing: it is told as a run from the first one on (a run of one, then
+            # extended), never as steps of its own.
+            members = [at_ms, run]
+        else:
+            members += [at_ms, _json.encode(step).decode()]
         oldest_ms = at_ms - self.retention_s * 1000
         key = self.names.history(aor)
         return [RECORD_SCRIPT.command((key,), (at_ms, oldest_ms, self.retention_s, sig, run, *members))]
@@ -233,7 +238,12 @@ def describe_run(step: dict[str, object]) -> str:
     times = "once more" if count == 1 else f"{count} more times"
     kind = step.get("of")
     if kind == "RegistrationRefreshed":
-        return f"refreshed from the cached binding {times} {span}{every}, same contact and source"
+        if count == 1:
+            return f"200 OK: refreshed from the cached binding (expires {step.get('expires')} s, not re-authenticated)"
+        return (
+            f"200 OK: refreshed from the cached binding {count} times {span}{every}, same contact and source "
+            f"(expires {step.get('expires')} s, not re-authenticated)"
+        )
     if kind == "RegistrationGranted":
         return f"registered again {times} {span}{every}, same contact, source and grant ({step.get('expires')} s)"
     if kind == "RegisterRejected":
@@ -272,6 +282,44 @@ def in_story_order(steps: list[dict[str, object]]) -> list[dict[str, object]]:
     return sorted(steps, key=order)
 
 
-async def load_history(redis: object, names: StreamNames, aor: str) -> list[dict[str, object]]:
-    raw = await redis.zrange(names.history(aor), 0, -1)  # type: ignore[attr-defined]
-    return in_story_order([json.loads(item) for item in raw])
+def _ms(at: object) -> int:
+    return (datetime.fromisoformat(str(at)) - _EPOCH) // timedelta(milliseconds=1)
+
+
+def one_story(
+    scored: Iterable[tuple[str | bytes, float]], since_ms: int | None = None, until_ms: int | None = None
+) -> list[dict[str, object]]:
+    """Steps (member JSON, score) from Redis and the archive as one story, oldest first.
+
+    A step found twice (a move to the archive cut short, a run grown after it was archived) is told once, at
+    its later score. Bounds keep the steps whose time meets [since_ms, until_ms]; a run's time is the span from
+    its first refresh (`at`) to its last (its score).
+    """
+    latest: dict[str, tuple[float, dict[str, object]]] = {}
+    for member, score in scored:
+        step = json.loads(member)
+        known = latest.get(str(step["id"]))
+        if known is None or score > known[0]:
+            latest[str(step["id"])] = (score, step)
+    return in_story_order(
+        [
+            step
+            for score, step in latest.values()
+            if (since_ms is None or score >= since_ms) and (until_ms is None or _ms(step["at"]) <= until_ms)
+        ]
+    )
+
+
+async def load_history(
+    redis: object,
+    names: StreamNames,
+    aor: str,
+    *,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    archived: Iterable[tuple[str, float]] = (),
+) -> list[dict[str, object]]:
+    """The story of one AOR: its hot steps in Redis and the `archived` ones (member JSON, score), as one."""
+    low = "-inf" if since_ms is None else since_ms
+    raw = await redis.zrangebyscore(names.history(aor), low, "+inf", withscores=True)  # type: ignore[attr-defined]
+    return one_story([*archived, *raw], since_ms, until_ms)

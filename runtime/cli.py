@@ -127,7 +127,10 @@ async def _replay(settings: StreamSettings, projection: str) -> int:
             result = await replay_registrations(eventlog)
         finally:
             eventlog.close()
-    print(f"replayed {result['events']} registration events; {result['bindings']} live bindings restored")
+    print(
+        f"replayed {result['snapshot_bindings']} bindings of the snapshot and {result['events']} registration "
+        f"events after it; {result['bindings']} live bindings restored"
+    )
     return 0
 
 

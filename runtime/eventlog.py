@@ -274,10 +274,10 @@ class EventLog:
         entries: Any = await self.redis.xrange(stream, min=start, max=end, count=count)
         return list(self._decode_all(stream, entries))
 
-    async def scan(self, stream: str, batch: int = 1000) -> list[StoredEvent]:
-        """The whole stream, oldest first, read in batches."""
+    async def scan(self, stream: str, batch: int = 1000, after: str | None = None) -> list[StoredEvent]:
+        """The whole stream (or what follows the entry `after`), oldest first, read in batches."""
         out: list[StoredEvent] = []
-        start = "-"
+        start = f"({after}" if after else "-"
         while True:
             entries: Any = await self.redis.xrange(stream, min=start, max="+", count=batch)
             if not entries:

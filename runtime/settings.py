@@ -155,6 +155,7 @@ class EventLogSettings:
     consumer_liveness_ms: int = 3000
     workqueue_grace_s: int = 120
     workqueue_grace_max: int = 1000
+    snapshot_interval_s: int = 60
     max_deliveries: int = 5
     replies_maxlen: int = 5000
 
@@ -461,6 +462,7 @@ class _Reader:
             consumer_liveness_ms=self.integer("SIDECAR_CONSUMER_LIVENESS_MS", 3000, minimum=300),
             workqueue_grace_s=self.integer("SIDECAR_WORKQUEUE_GRACE_S", 120, minimum=0),
             workqueue_grace_max=self.integer("SIDECAR_WORKQUEUE_GRACE_MAX", 1000, minimum=0),
+            snapshot_interval_s=self.integer("SIDECAR_SNAPSHOT_INTERVAL_S", 60, minimum=1),
             max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
             replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),
         )

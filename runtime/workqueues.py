@@ -1,7 +1,8 @@
 """Work-queue streams trimmed by consumption: Redis keeps what grows with phones, not with requests.
 
-`requests`, `heartbeats` and `refreshes` (StreamNames.work_queues) are read by known consumer groups and
-by nobody else once read: a request's audit is the decision's fact and the history. Once every group that
+`requests`, `heartbeats`, `refreshes` and `registrations` (StreamNames.work_queues) are read by known consumer
+groups and by nobody else once read: a request's audit is the decision's fact and the history, a fact's the
+history (and the snapshot of the bindings, for `replay`). Once every group that
 reads a stream has acknowledged an entry it may go. The trimmer keeps:
 
 - every entry some group has not read yet (after its `last-delivered-id`), or read and not acknowledged
@@ -9,6 +10,10 @@ reads a stream has acknowledged an entry it may go. The trimmer keeps:
 - of the consumed ones, those younger than the grace window (`SIDECAR_WORKQUEUE_GRACE_S`, for
   `events tail` and debugging), but never more than `SIDECAR_WORKQUEUE_GRACE_MAX` of them, so the grace
   costs a bounded amount of memory whatever the request rate.
+
+A stream may also be bounded by a key holding the last id that may go: `registrations` by what the snapshot
+of the live bindings covers (projections/snapshot.py), so that the snapshot and the facts after it always
+make the whole state for `replay`.
 
 The groups of a stream are those that exist of its readers (the InfluxDB projections' group exists only where
 InfluxDB is configured); a stream none of whose readers exists yet is left alone (its appends still trim by
@@ -51,6 +56,7 @@ class WorkQueueTrimmer:
         *,
         grace_s: float,
         grace_max: int,
+        bounds: Mapping[str, str] | None = None,
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -58,6 +64,7 @@ class WorkQueueTrimmer:
         self.queues = dict(queues)
         self.grace_s = grace_s
         self.grace_max = grace_max
+        self.bounds = dict(bounds or {})  # stream -> key holding the last id that may go (no key: nothing may)
         self.interval_s = interval_s
         self.clock = clock
         self.trimmed = 0
@@ -89,6 +96,13 @@ class WorkQueueTrimmer:
                 summary: Any = await self.redis.xpending(stream, group)
                 first_needed = min(first_needed, _id(summary["min"]))
             needed = first_needed if needed is None else min(needed, first_needed)
+        bound_key = self.bounds.get(stream)
+        if needed is not None and bound_key is not None:
+            bound = await self.redis.get(bound_key)
+            if bound is None:
+                return None
+            last = _id(bound)
+            needed = min(needed, (last[0], last[1] + 1))
         return needed
 
     async def trim(self, stream: str, groups: Sequence[str]) -> int:

@@ -102,19 +102,17 @@ async def test_a_phone_that_changed_source_twice_tells_each_change_and_runs_of_r
         steps = await load_history(redis, names, AOR)
         kinds = [s["type"] if s["type"] != "Run" else f"Run x{s['count']}" for s in steps]
         assert kinds == [
-            "RegisterReceived", "RegisterChallenged", "RegisterReceived", "RegistrationGranted",
-            "RegisterReceived", "RegistrationRefreshed", "Run x9",
-            "RegisterReceived", "RegisterChallenged", "RegisterReceived", "RegistrationGranted",
-            "RegisterReceived", "RegistrationRefreshed", "Run x4",
-            "RegisterReceived", "RegisterChallenged", "RegisterReceived", "RegistrationGranted",
-            "RegisterReceived", "RegistrationRefreshed",
+            "RegisterReceived", "RegisterChallenged", "RegisterReceived", "RegistrationGranted", "Run x10",
+            "RegisterReceived", "RegisterChallenged", "RegisterReceived", "RegistrationGranted", "Run x5",
+            "RegisterReceived", "RegisterChallenged", "RegisterReceived", "RegistrationGranted", "Run x1",
         ]  # fmt: skip
         lines = [describe_step(s) for s in steps]
-        assert lines[6].endswith(
-            "refreshed from the cached binding 9 more times from 09:16:00 to 09:20:00 (every ~30 s), "
-            "same contact and source"
+        assert lines[4].endswith(
+            "200 OK: refreshed from the cached binding 10 times from 09:15:30 to 09:20:00 (every ~30 s), "
+            "same contact and source (expires 30 s, not re-authenticated)"
         )
-        assert "REGISTER from 10.0.0.7:6000 over udp, expires=3600, without credentials" in lines[7]
-        assert await redis.zcard(names.history(AOR)) == 20  # what Redis holds: steps, not refreshes
+        assert "REGISTER from 10.0.0.7:6000 over udp, expires=3600, without credentials" in lines[5]
+        assert lines[-1].endswith("200 OK: refreshed from the cached binding (expires 30 s, not re-authenticated)")
+        assert await redis.zcard(names.history(AOR)) == 15  # what Redis holds: steps, not refreshes
     finally:
         await redis.delete(names.history(AOR))

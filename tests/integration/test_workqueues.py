@@ -65,3 +65,21 @@ async def test_a_stream_whose_group_does_not_exist_yet_is_left_alone(
     trimmer = WorkQueueTrimmer(redis, names.work_queues, grace_s=0, grace_max=0)
     assert await trimmer.sweep() == 0
     assert await redis.xlen(stream) == 3
+
+
+async def test_the_facts_are_trimmed_only_up_to_what_the_snapshot_covers(
+    eventlog: EventLog, names: StreamNames, redis: Redis
+) -> None:
+    stream = names.registrations
+    ids = await eventlog.append(stream, [challenged(i) for i in range(6)])
+    await eventlog.ensure_group(stream, "projections")
+    await redis.xreadgroup("projections", "c1", {stream: ">"}, count=10)
+    await redis.xack(stream, "projections", *ids)
+    trimmer = WorkQueueTrimmer(redis, names.work_queues, grace_s=0, grace_max=0, bounds=names.trim_bounds)
+    assert await trimmer.trim(stream, names.work_queues[stream]) == 0  # no snapshot yet: nothing goes
+    await redis.set(names.registrations_snapshot_covers, ids[3])
+    try:
+        assert await trimmer.trim(stream, names.work_queues[stream]) == 4
+        assert [entry_id.decode() for entry_id, _ in await redis.xrange(stream)] == ids[4:]
+    finally:
+        await redis.delete(names.registrations_snapshot_covers)
