@@ -94,7 +94,8 @@ class WorkQueueTrimmer:
             first_needed = (last[0], last[1] + 1)
             if int(entry["pending"]) > 0:
                 summary: Any = await self.redis.xpending(stream, group)
-                first_needed = min(first_needed, _id(summary["min"]))
+                if summary["min"] is not None:  # (acknowledged since XINFO GROUPS: nothing pending then)
+                    first_needed = min(first_needed, _id(summary["min"]))
             needed = first_needed if needed is None else min(needed, first_needed)
         bound_key = self.bounds.get(stream)
         if needed is not None and bound_key is not None:
