@@ -154,8 +154,8 @@ class EventLogSettings:
     claim_idle_ms: int = 30_000
     consumer_liveness_ms: int = 3000
     workqueue_grace_s: int = 120
-    workqueue_grace_max: int = 1000
-    snapshot_interval_s: int = 60
+    workqueue_grace_max: int = 200
+    snapshot_interval_s: int = 15
     max_deliveries: int = 5
     replies_maxlen: int = 5000
 
@@ -461,8 +461,8 @@ class _Reader:
             claim_idle_ms=self.integer("SIDECAR_CLAIM_IDLE_MS", 30_000, minimum=100),
             consumer_liveness_ms=self.integer("SIDECAR_CONSUMER_LIVENESS_MS", 3000, minimum=300),
             workqueue_grace_s=self.integer("SIDECAR_WORKQUEUE_GRACE_S", 120, minimum=0),
-            workqueue_grace_max=self.integer("SIDECAR_WORKQUEUE_GRACE_MAX", 1000, minimum=0),
-            snapshot_interval_s=self.integer("SIDECAR_SNAPSHOT_INTERVAL_S", 60, minimum=1),
+            workqueue_grace_max=self.integer("SIDECAR_WORKQUEUE_GRACE_MAX", 200, minimum=0),
+            snapshot_interval_s=self.integer("SIDECAR_SNAPSHOT_INTERVAL_S", 15, minimum=1),
             max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
             replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),
         )
