@@ -147,6 +147,11 @@ class StreamNames:
     def history(self, aor: str) -> str:
         return f"{self.prefix}:history:{aor}"
 
+    @property
+    def history_pattern(self) -> str:
+        """SCAN pattern of every AOR's history (for the archive, which moves their old steps to MySQL)."""
+        return f"{self._glob_prefix}:history:*"
+
     # Brute-force throttling (processors/registrar/throttle.py); `kind` is "ip" or "aor".
     def auth_failures(self, kind: str, subject: str) -> str:
         """Failed authentications of a source IP or an AOR within the window (a counter with a TTL)."""
@@ -163,8 +168,12 @@ class StreamNames:
     @property
     def auth_block_pattern(self) -> str:
         """SCAN pattern of every block key (the prefix's `{p}` escaped for glob matching)."""
-        prefix = self.prefix.replace("[", "\\[").replace("]", "\\]").replace("*", "\\*").replace("?", "\\?")
-        return f"{prefix}:auth-block:*"
+        return f"{self._glob_prefix}:auth-block:*"
+
+    @property
+    def _glob_prefix(self) -> str:
+        """The prefix with glob characters escaped (its `{p}` is literal in a SCAN pattern)."""
+        return self.prefix.replace("[", "\\[").replace("]", "\\]").replace("*", "\\*").replace("?", "\\?")
 
     def server_last_seen(self, kind: str) -> str:
         """Sorted set member → time (ms) of its last `open` heartbeat, for one kind (fs, rtp,

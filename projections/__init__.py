@@ -13,6 +13,7 @@ def build(services: Services) -> list[Worker]:
     alerts and stats beside it. The registration records are written inline, with the decisions (processors)."""
     from events.streams import GROUP_PROJECTIONS
     from projections import stats
+    from projections.archive import build_archiver
     from projections.history import HistoryProjection
     from runtime.consumer import Consumer
 
@@ -27,4 +28,5 @@ def build(services: Services) -> list[Worker]:
             linger_ms=services.settings.eventlog.projection_linger_ms,
         ),
         *stats.build(services),
+        build_archiver(services),
     ]

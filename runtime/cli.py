@@ -89,7 +89,7 @@ def cmd_events_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_history(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from runtime.inspect import InspectError, print_history
+    from runtime.inspect import InspectError, parse_since, print_history
     from runtime.settings import StreamSettings
 
     if args.carrier is not None:
@@ -98,7 +98,13 @@ def cmd_history(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return _run_async(print_carrier_history(StreamSettings.from_env(env), args.carrier))
     if args.aor is None:
         raise InspectError("history needs an address of record or --carrier <voip_carrier_sid or name>")
-    return _run_async(print_history(StreamSettings.from_env(env), args.aor, as_json=args.json))
+    now = datetime.now(UTC)
+    since_ms = parse_since(args.since, now) if args.since else None
+    until_ms = parse_since(args.until, now, "--until") if args.until else None
+    history = print_history(
+        StreamSettings.from_env(env), args.aor, as_json=args.json, since_ms=since_ms, until_ms=until_ms
+    )
+    return _run_async(history)
 
 
 def cmd_carriers(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -231,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("aor", nargs="?", help="user@realm, sip:user@realm, sips:user@realm or <sip:user@realm>")
     history.add_argument("--carrier", default=None, help="the outbound registrations of a carrier (sid or name)")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
+    bounds = "a duration back from now (90s, 15m, 2h, 1d) or an ISO 8601 time (UTC unless it names a zone)"
+    history.add_argument("--since", default=None, help=f"only the steps from this time on: {bounds}")
+    history.add_argument("--until", default=None, help=f"only the steps up to this time: {bounds}")
     history.set_defaults(func=cmd_history)
 
     replay_cmd = commands.add_parser("replay", help="rebuild a projection from the streams")

@@ -1,6 +1,7 @@
 """`sbc-sidecar events tail` and `history`: the event log and the history projection, read from the CLI.
 
-Both read Redis only. Lines leave out secrets: digest responses and raw header maps are never printed.
+`events tail` reads Redis only; `history` reads Redis and, when JAMBONES_MYSQL_* are set, the MySQL archive of
+older steps (projections/archive.py). Lines leave out secrets: digest responses and raw header maps are never printed.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -66,9 +68,9 @@ def parse_aor(text: str) -> str:
     return f"{user}@{host}"
 
 
-def parse_since(text: str, now: datetime) -> int:
-    """A start time in Unix ms: a duration back from `now` (`90s`, `15m`, `2h`, `1d`) or an ISO 8601 time (UTC if
-    it names no zone)."""
+def parse_since(text: str, now: datetime, option: str = "--since") -> int:
+    """A time in Unix ms: a duration back from `now` (`90s`, `15m`, `2h`, `1d`) or an ISO 8601 time (UTC if it
+    names no zone). `option` names the argument in the error (`--since`, `--until`)."""
     match = _DURATION.fullmatch(text.strip().lower())
     if match:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
@@ -77,7 +79,7 @@ def parse_since(text: str, now: datetime) -> int:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         want = "a duration such as 15m, 2h, 1d or a time such as 2026-11-26T09:15"
-        raise InspectError(f"--since {text!r}: want {want}") from None
+        raise InspectError(f"{option} {text!r}: want {want}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
@@ -251,17 +253,54 @@ async def tail_events(
             await asyncio.sleep(0)
 
 
-async def print_history(settings: StreamSettings, address: str, *, as_json: bool) -> int:
-    """The story of one AOR, oldest first; exit status 1 when there is none in the retention window."""
+async def print_history(
+    settings: StreamSettings,
+    address: str,
+    *,
+    as_json: bool,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> int:
+    """The story of one AOR, oldest first: the archive (MySQL, when configured) and Redis as one, within the
+    bounds; exit status 1 when there is none."""
     from projections.history import describe_step, load_history
 
     aor = parse_aor(address)
     names = StreamNames(settings.eventlog.cluster_id)
+    archived = await _archived_steps(settings, aor, since_ms)
     async with open_redis(settings.redis) as redis:
-        steps = await load_history(redis, names, aor)
+        steps = await load_history(redis, names, aor, since_ms=since_ms, until_ms=until_ms, archived=archived)
     if not steps:
-        print(f"no history for {aor} in the last {settings.eventlog.retention_s // 3600} hours")
+        if since_ms is None and until_ms is None:
+            print(f"no history for {aor} in the last {settings.eventlog.retention_s // 3600} hours")
+        else:
+            print(f"no history for {aor} from {_shown(since_ms, 'the start')} to {_shown(until_ms, 'now')}")
         return 1
     for step in steps:
         print(json.dumps(step) if as_json else describe_step(step))
     return 0
+
+
+def _shown(ms: int | None, open_end: str) -> str:
+    return open_end if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+async def _archived_steps(settings: StreamSettings, aor: str, since_ms: int | None) -> list[tuple[str, float]]:
+    """The AOR's steps in the MySQL archive (member JSON, score); none, said on stderr, when MySQL is not
+    configured or does not answer."""
+    import aiomysql
+
+    from projections.archive import read_archive
+    from runtime.connections import open_mysql
+
+    if settings.mysql is None:
+        print("history: the archive was not read (JAMBONES_MYSQL_* not set): Redis only", file=sys.stderr)
+        return []
+    try:
+        async with open_mysql(settings.mysql) as pool:
+            rows = await read_archive(pool, aor, since_ms)
+    except (aiomysql.Error, OSError, TimeoutError) as exc:
+        where = f"{settings.mysql.host}:{settings.mysql.port}"
+        print(f"history: the archive was not read (MySQL at {where}: {exc}): Redis only", file=sys.stderr)
+        return []
+    return [(row.step, float(row.at_ms)) for row in rows]

@@ -150,3 +150,17 @@ product_sid CHAR(36) NOT NULL,
 quantity INTEGER NOT NULL,
 PRIMARY KEY (account_product_sid)
 );
+
+-- The sidecar's own table: the history's cold tier (projections/archive.py). One row per step of an AOR's story
+-- older than SIDECAR_HISTORY_HOT_S, kept for SIDECAR_RETENTION_S; at_ms is the step's score in Redis (a run's
+-- last refresh), step is the step as the history projection wrote it.
+CREATE TABLE IF NOT EXISTS sidecar_history
+(
+aor VARCHAR(255) NOT NULL,
+step_id VARCHAR(64) NOT NULL,
+at_ms BIGINT NOT NULL,
+step JSON NOT NULL,
+PRIMARY KEY (aor, step_id),
+KEY sidecar_history_aor_at (aor, at_ms),
+KEY sidecar_history_at (at_ms)
+);

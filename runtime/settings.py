@@ -158,6 +158,7 @@ class EventLogSettings:
     snapshot_interval_s: int = 15
     max_deliveries: int = 5
     replies_maxlen: int = 5000
+    history_hot_s: int = 24 * 3600  # SIDECAR_HISTORY_HOT_S: older history steps move to MySQL (sidecar_history)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,11 +221,14 @@ class StreamSettings:
 
     redis: RedisSettings
     eventlog: EventLogSettings
+    mysql: MysqlSettings | None = None  # when JAMBONES_MYSQL_* are set: `history` reads the archive too
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StreamSettings:
         reader = _Reader(os.environ if env is None else env)
-        return cls(redis=reader.redis(), eventlog=reader.eventlog())
+        return cls(
+            redis=reader.redis(), eventlog=reader.eventlog(), mysql=reader.mysql("JAMBONES_MYSQL", required=False)
+        )
 
 
 class _Reader:
@@ -465,6 +469,7 @@ class _Reader:
             snapshot_interval_s=self.integer("SIDECAR_SNAPSHOT_INTERVAL_S", 15, minimum=1),
             max_deliveries=self.integer("SIDECAR_MAX_DELIVERIES", 5, minimum=1),
             replies_maxlen=self.integer("SIDECAR_REPLIES_MAXLEN", 5000, minimum=100),
+            history_hot_s=self.integer("SIDECAR_HISTORY_HOT_S", 24 * 3600, minimum=60),
         )
 
     def settings(self) -> Settings:

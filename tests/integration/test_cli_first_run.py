@@ -101,7 +101,7 @@ async def db_init(env: dict[str, str], *extra: str) -> str:
 async def test_db_init_says_in_one_line_what_it_created(cluster_id: str, database: str) -> None:
     env = base_env(cluster_id, database)
     where = f"{database} on {MYSQL_HOST}:{MYSQL_PORT}"
-    assert await db_init(env) == f"db init: {where}: database created with 11 tables"
+    assert await db_init(env) == f"db init: {where}: database created with 12 tables"
     assert await db_init(env) == f"db init: {where}: schema up to date"
     await query(database, "DROP TABLE sbc_addresses")
     await query(database, "DROP TABLE products")

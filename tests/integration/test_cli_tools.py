@@ -26,6 +26,7 @@ TABLES = {
     "products",
     "account_products",
     "account_subscriptions",
+    "sidecar_history",
 }
 
 
