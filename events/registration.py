@@ -57,7 +57,11 @@ class RegisterReceived(Event, frozen=True, kw_only=True):
     contact: str | None = None  # the first Contact header's text, as sent
     contact_uri: str | None = None  # the URI inside it, or "*"
     expires: int | None = None  # first Contact's expires parameter, else the Expires header
+    # The parsed Authorization header, sealed (AES-GCM, a key from ENCRYPTION_SECRET: runtime/sealed.py) so that no
+    # digest response sits readable in Redis or its AOF; `authorization` holds it only once opened in a process
+    # (and in entries written before sealing existed).
     authorization: DigestCredentials | None = None
+    sealed_authorization: str | None = None
     headers: dict[str, str] = {}  # every header but Authorization, lower-case names
     user_agent: str | None = None
     # Epoch ms after which nobody waits for the answer (the ingest's reply deadline, never past SIP Timer F).

@@ -6,7 +6,10 @@ request deserves) out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import msgspec
 
 from events import DigestCredentials, OptionsReceived, RegisterReceived, stamp
 from ingest.fronts.front import TransportFacts
@@ -18,6 +21,7 @@ from ingest.sip.uri import parse_uri
 # Headers never copied onto a stream: they carry credentials.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization"})
 DIGEST_FIELDS = frozenset(DigestCredentials.__struct_fields__)
+_credentials_json = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +66,16 @@ def _safe_headers(request: SipRequest) -> dict[str, str]:
 
 
 def register_received(
-    request: SipRequest, facts: TransportFacts, reply_to: str, deadline_ms: int | None = None
+    request: SipRequest,
+    facts: TransportFacts,
+    reply_to: str,
+    deadline_ms: int | None = None,
+    seal: Callable[[str], str] | None = None,
 ) -> RegisterReceived | BadRequest:
-    """The RegisterReceived for a REGISTER, or the 400 it gets for a broken header."""
+    """The RegisterReceived for a REGISTER, or the 400 it gets for a broken header.
+
+    With `seal`, the parsed Authorization travels sealed (`sealed_authorization`), never readable on a stream.
+    """
     headers = request.headers
     call_id = headers.get("call-id")
     if not call_id:
@@ -108,6 +119,10 @@ def register_received(
         authorization = _authorization(request)
     except SipParseError:
         authorization = None
+    sealed: str | None = None
+    if authorization is not None and seal is not None:
+        sealed = seal(_credentials_json.encode(authorization).decode())
+        authorization = None
     return RegisterReceived(
         **stamp(),
         reply_to=reply_to,
@@ -128,6 +143,7 @@ def register_received(
         contact_uri=contact_uri,
         expires=expires,
         authorization=authorization,
+        sealed_authorization=sealed,
         headers=_safe_headers(request),
         user_agent=headers.get("user-agent"),
         deadline_ms=deadline_ms,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 
 from events import Event, ReplyIssued, now_ms
@@ -14,6 +14,7 @@ from ingest.requests import BadRequest, is_heartbeat, options_received, register
 from ingest.sip import SipRequest
 from runtime.errors import StoreUnavailable
 from runtime.eventlog import Appender
+from runtime.sealed import Sealer
 from runtime.services import Services, Worker
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ class Ingest:
         reply_timeout_s: float,
         max_pending: int = 0,
         heartbeats_stream: str | None = None,
+        seal_credentials: Callable[[str], str] | None = None,
     ) -> None:
         self.appender = appender
         self.replies = replies
         self.requests_stream = requests_stream
         self.heartbeats_stream = heartbeats_stream or requests_stream
+        self.seal_credentials = seal_credentials  # Authorization fields never readable on a stream
         self.reply_to = reply_to
         self.reply_timeout_s = reply_timeout_s
         # A request event carries when nobody waits for its answer any more: this ingest's reply deadline,
@@ -125,7 +128,9 @@ class Ingest:
             await self._decide(request, heartbeat, self.heartbeats_stream)
             return
         self.stats.registers += 1
-        event = register_received(message, request.facts, self.reply_to, now_ms() + self.deadline_after_ms)
+        event = register_received(
+            message, request.facts, self.reply_to, now_ms() + self.deadline_after_ms, self.seal_credentials
+        )
         if isinstance(event, BadRequest):
             self.stats.bad_requests += 1
             await request.respond(400, "Bad Request", [("X-Reason", event.reason)])
@@ -203,6 +208,7 @@ class IngestWorker:
             settings.reply_timeout_s,
             settings.max_pending,
             heartbeats_stream=services.names.heartbeats,
+            seal_credentials=Sealer(settings.encryption_secret.reveal()).seal,
         )
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()

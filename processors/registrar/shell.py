@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from events import (
+    DigestCredentials,
     Event,
     RegisterChallenged,
     RegisterReceived,
@@ -55,6 +56,7 @@ from processors.registrar.throttle import ThrottlePolicy, ThrottleState, Throttl
 from processors.registrar.webhook import WebhookCall, call_webhook, webhook_payload
 from runtime.errors import StoreUnavailable
 from runtime.handling import Delivery, Outcome, Step
+from runtime.sealed import SealError, Sealer
 from runtime.webclient import HttpClient
 
 if TYPE_CHECKING:
@@ -141,6 +143,8 @@ class Registrar:
         )
         # TTL 0: nothing is kept, but concurrent REGISTERs of one realm share one ZSCAN.
         self._device_counts: TtlCache[str, int | StoreFailure] = TtlCache(0)
+        self._sealer = Sealer(config.encryption_secret)
+        self._unsealable_logged_at = -60.0
         self._webhooks = WebhookGate(
             max_concurrency=config.webhook_max_concurrency,
             breaker_failures=config.webhook_breaker_failures,
@@ -167,6 +171,8 @@ class Registrar:
             if not isinstance(request, RegisterReceived):
                 steps.append(Outcome())  # not the registrar's (an OPTIONS left on `requests` by an older ingest)
                 continue
+            if request.sealed_authorization is not None:
+                request = self._opened(request)
             if request.deadline_ms is not None and now_ms >= request.deadline_ms:
                 steps.append(self._expired(request, delivery, now_ms))
                 continue
@@ -183,6 +189,22 @@ class Registrar:
         for i, delivery, request in live:
             steps[i] = self._first_step(delivery, request, stored)
         return steps
+
+    def _opened(self, request: RegisterReceived) -> RegisterReceived:
+        """The request with its Authorization fields opened (in this process only; never stored so).
+
+        Sealed with another ENCRYPTION_SECRET (a cluster configured with two), they cannot be read: the
+        REGISTER is then decided as one without credentials, and said so once a minute in the log.
+        """
+        try:
+            credentials = _credentials.decode(self._sealer.open(request.sealed_authorization or ""))
+        except (SealError, msgspec.DecodeError, msgspec.ValidationError):
+            now = time.monotonic()
+            if now >= self._unsealable_logged_at + 60:
+                self._unsealable_logged_at = now
+                log.error("credentials of a REGISTER do not open with this ENCRYPTION_SECRET call_id=%s", request.call_id)
+            credentials = None
+        return msgspec.structs.replace(request, authorization=credentials, sealed_authorization=None)
 
     async def handle(self, deliveries: Sequence[Delivery]) -> Sequence[Outcome | BaseException]:
         """The whole batch decided (for callers that want every outcome at once)."""
@@ -380,6 +402,9 @@ class Registrar:
             request.transport,
             request.call_id,
         )
+
+
+_credentials = msgspec.json.Decoder(DigestCredentials)
 
 
 def request_summary(request: RegisterReceived) -> RequestSummary:
