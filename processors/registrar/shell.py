@@ -56,7 +56,7 @@ from processors.registrar.throttle import ThrottlePolicy, ThrottleState, Throttl
 from processors.registrar.webhook import WebhookCall, call_webhook, webhook_payload
 from runtime.errors import StoreUnavailable
 from runtime.handling import Delivery, Outcome, Step
-from runtime.sealed import SealError, Sealer
+from runtime.sealed import Sealer, SealError
 from runtime.webclient import HttpClient
 
 if TYPE_CHECKING:
@@ -202,7 +202,9 @@ class Registrar:
             now = time.monotonic()
             if now >= self._unsealable_logged_at + 60:
                 self._unsealable_logged_at = now
-                log.error("credentials of a REGISTER do not open with this ENCRYPTION_SECRET call_id=%s", request.call_id)
+                log.error(
+                    "credentials of a REGISTER do not open with this ENCRYPTION_SECRET call_id=%s", request.call_id
+                )
             credentials = None
         return msgspec.structs.replace(request, authorization=credentials, sealed_authorization=None)
 

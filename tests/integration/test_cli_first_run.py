@@ -231,7 +231,7 @@ async def test_replay_and_events_tail_need_redis_only(cluster_id: str, redis: Re
     env = redis_only_env(cluster_id)
     replayed = await asyncio.to_thread(sidecar, ["replay", "registrations"], env)
     assert replayed.returncode == 0, replayed.stderr
-    assert replayed.stdout.startswith("replayed 0 registration events")
+    assert replayed.stdout.startswith("replayed 0 bindings of the snapshot and 0 registration events")
     tail = await asyncio.to_thread(sidecar, ["events", "tail", "--limit", "0"], env)
     assert tail.returncode == 0, tail.stderr
 
