@@ -180,6 +180,26 @@ class StreamNames:
         service-url); shared by every sidecar of the cluster, swept by the server expiry."""
         return f"{self.prefix}:server-seen:{kind}"
 
+    # SBC membership (ingest/membership.py): each ingest announces itself; peers clean up after a dead one.
+    def sbc_alive(self, ingest_id: str) -> str:
+        """An ingest's heartbeat: JSON of its addresses, start, pid and host, with a TTL refreshed while it runs."""
+        return f"{self.prefix}:sbc-alive:{ingest_id}"
+
+    @property
+    def sbc_seen(self) -> str:
+        """Sorted set ingest id → last heartbeat (ms, Redis time); kept for a while after an SBC is gone."""
+        return f"{self.prefix}:sbc-seen"
+
+    @property
+    def sbc_details(self) -> str:
+        """Hash ingest id → JSON of its last heartbeat (and of its clean stop), for `sbcs` once the key lapsed."""
+        return f"{self.prefix}:sbc-details"
+
+    @property
+    def sbc_cleaned(self) -> str:
+        """Hash ingest id → when (ms) a peer deleted a dead SBC's reply stream and edge group: once per death."""
+        return f"{self.prefix}:sbc-cleaned"
+
     @property
     def regbot_state(self) -> str:
         """Hash sip_gateway_sid → JSON of its registration state (last answer, expiry, next attempt)."""

@@ -275,6 +275,7 @@ def build_ingest(services: Services) -> list[Worker]:
 
         front = NativeFront.from_settings(settings.sip)
     from events.streams import edge_group
+    from ingest.membership import Membership
     from ingest.outbound import OutboundRegistrations
     from runtime.admin import build as build_admin
     from runtime.consumer import ConcurrentConsumer
@@ -285,5 +286,15 @@ def build_ingest(services: Services) -> list[Worker]:
     outbound = OutboundRegistrations(front, services.names, sealer, settings.ingest_id)
     commands, group = services.names.commands, edge_group(settings.ingest_id)
     edge = ConcurrentConsumer(services.eventlog, commands, group, outbound, max_in_flight=200)
+    # This SBC's heartbeat, and the clean-up after a gone peer's reply stream and edge group.
+    membership = Membership(
+        services.redis,
+        services.names,
+        settings.ingest_id,
+        lambda: front.sbc_address,
+        public_address=settings.sip.public_address,
+        reply_deadline_s=settings.reply_timeout_s,
+        forget_after_s=settings.dead_sbc_s,
+    )
     # The admin socket (SPEC 5.1) lives beside the SIP edge: one per host, as the original's.
-    return [IngestWorker(services, front), edge, *build_admin(services)]
+    return [IngestWorker(services, front), edge, membership, *build_admin(services)]

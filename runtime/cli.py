@@ -1,4 +1,4 @@
-"""The `sbc-sidecar` command: run, db init, events tail, history, replay, fs ..., version."""
+"""The `sbc-sidecar` command: run, db init, events tail, history, replay, sbcs, fs ..., version."""
 
 from __future__ import annotations
 
@@ -112,6 +112,13 @@ def cmd_carriers(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from runtime.settings import StreamSettings
 
     return _run_async(print_carriers(StreamSettings.from_env(env)))
+
+
+def cmd_sbcs(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from runtime.sbcs import print_sbcs
+    from runtime.settings import StreamSettings
+
+    return _run_async(print_sbcs(StreamSettings.from_env(env), json_lines=args.json))
 
 
 def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -255,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     carriers = commands.add_parser("carriers", help="outbound registrations: each gateway's state and next attempt")
     carriers.set_defaults(func=cmd_carriers)
+
+    sbcs = commands.add_parser("sbcs", help="the SBCs sharing the streams: live, and recently stopped or dead")
+    sbcs.add_argument("--json", action="store_true", help="one JSON object per line")
+    sbcs.set_defaults(func=cmd_sbcs)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
