@@ -14,6 +14,14 @@ from events.carriers import (
 from events.catalog import EVENT_TYPES, default_codec
 from events.codec import EventCodec, EventDecodeError
 from events.envelope import Event, new_event_id, now_ms, stamp, utc_now
+from events.pinger import (
+    GatewayPingAnswered,
+    GatewayPingDisabled,
+    GatewayPingFailed,
+    GatewayPingRequested,
+    GatewayPingSucceeded,
+    PingedGateway,
+)
 from events.registration import (
     BlockStarted,
     DeviceLimitReached,
@@ -51,6 +59,12 @@ __all__ = [
     "Event",
     "EventCodec",
     "EventDecodeError",
+    "GatewayPingAnswered",
+    "GatewayPingDisabled",
+    "GatewayPingFailed",
+    "GatewayPingRequested",
+    "GatewayPingSucceeded",
+    "PingedGateway",
     "OptionsReceived",
     "RegisterChallenged",
     "RegisterReceived",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from events.carriers import CARRIER_EVENTS
 from events.codec import EventCodec, Upcaster
 from events.envelope import Event
+from events.pinger import PINGER_EVENTS
 from events.registration import (
     BlockStarted,
     DeviceLimitReached,
@@ -40,6 +41,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ServerLeft,
     ServerExpired,
     *CARRIER_EVENTS,
+    *PINGER_EVENTS,
 )
 
 # (type, from_version) -> pure function of the old payload to the next version's payload.

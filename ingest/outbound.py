@@ -20,7 +20,15 @@ import os
 import socket
 from collections.abc import Sequence
 
-from events import Event, OutboundRegisterAnswered, OutboundRegisterRequested, StreamNames, now_ms, stamp
+from events import (
+    Event,
+    GatewayPingRequested,
+    OutboundRegisterAnswered,
+    OutboundRegisterRequested,
+    StreamNames,
+    now_ms,
+    stamp,
+)
 from ingest.fronts.front import OutboundRequest, SipFront
 from ingest.sip import SipParseError, SipResponse
 from ingest.sip.digest import parse_digest_params
@@ -133,9 +141,17 @@ class OutboundRegistrations:
         self.sent = 0
         self.challenged = 0
         self.failed = 0
+        from ingest.pings import GatewayPings  # the gateway OPTIONS pings come on the same stream
+
+        self.pings = GatewayPings(front, names, edge_id)
 
     def metrics(self) -> dict[str, float]:
-        return {"registers_sent": self.sent, "registers_challenged": self.challenged, "send_failures": self.failed}
+        return {
+            "registers_sent": self.sent,
+            "registers_challenged": self.challenged,
+            "send_failures": self.failed,
+            **self.pings.metrics(),
+        }
 
     def order_key(self, event: Event) -> str | None:
         return getattr(event, "sip_gateway_sid", None)
@@ -144,7 +160,9 @@ class OutboundRegistrations:
         steps: list[Step] = []
         for delivery in deliveries:
             event = delivery.event
-            if not isinstance(event, OutboundRegisterRequested) or event.edge_id not in ("", self.edge_id):
+            if isinstance(event, GatewayPingRequested):
+                steps.append(self.pings.step(event, delivery.entry_id))
+            elif not isinstance(event, OutboundRegisterRequested) or event.edge_id not in ("", self.edge_id):
                 steps.append(Outcome())  # another SBC's command: its own edge sends it
             elif event.deadline_ms and now_ms() > event.deadline_ms:
                 steps.append(Outcome())  # the regbot has given up on this attempt and sends a new one

@@ -64,6 +64,7 @@ def build(services: Services) -> list[Worker]:
             services.redis, services.names, interval_s=settings.eventlog.snapshot_interval_s, clock=services.clock
         ),
         *_regbot(services),
+        *_pinger(services),
     ]
 
 
@@ -84,4 +85,25 @@ def _regbot(services: Services) -> list[Worker]:
         Regbot(settings, services.redis, services.mysql, services.eventlog, services.clock),
         Consumer(services.eventlog, names.carriers, GROUP_REGBOT, answers),
         Consumer(services.eventlog, names.carriers, GROUP_CARRIERS_PROJECTION, projection),
+    ]
+
+
+def _pinger(services: Services) -> list[Worker]:
+    """Gateway OPTIONS pings: the round loop, the answers handler and the blacklist projection (it writes MySQL)."""
+    from events.pinger import GROUP_GATEWAY_BLACKLIST_PROJECTION, GROUP_PINGER
+    from processors.pinger import PingAnswers, Pinger, ping_policy_of
+    from projections.gateway_blacklist import GatewayBlacklistProjection
+    from projections.timeseries import InfluxV1Writer, influx_base_url
+    from runtime.consumer import Consumer
+
+    assert services.mysql is not None
+    settings, names = services.settings, services.names
+    host = settings.time_series_host
+    writer = InfluxV1Writer(services.http, influx_base_url(host)) if host and services.http is not None else None
+    answers = PingAnswers(services.redis, names, ping_policy_of(settings))
+    projection = GatewayBlacklistProjection(services.mysql, writer)
+    return [
+        Pinger(settings, services.mysql, services.eventlog, services.clock),
+        Consumer(services.eventlog, names.carriers, GROUP_PINGER, answers),
+        Consumer(services.eventlog, names.carriers, GROUP_GATEWAY_BLACKLIST_PROJECTION, projection),
     ]
