@@ -8,7 +8,8 @@ whichever SBC happened to read the command.
 For each `OutboundRegisterRequested` it sends the REGISTER through the front as a client transaction, answers
 a 401/407 once with an MD5 digest (qop=auth with nc and cnonce when offered, opaque echoed; same Call-ID and
 From tag, CSeq + 1), and commits `OutboundRegisterAnswered` on `carriers` with the ack. The carrier password
-arrives sealed (runtime/sealed.py) and is opened only here, in memory.
+arrives sealed (runtime/sealed.py) and is opened only here, in memory. The gateway OPTIONS pings on the same
+stream are sent by `ingest/pings.py`.
 """
 
 from __future__ import annotations
