@@ -12,12 +12,13 @@ from contextlib import AsyncExitStack
 import aiomysql
 
 from events import StreamNames, default_codec
-from runtime.connections import open_http, open_mysql, open_redis, resp_link_settings
+from runtime.connections import open_http, open_redis, resp_link_settings
 from runtime.eventlog import EventLog
 from runtime.health import Dependencies, HealthServer
 from runtime.metrics import Metrics, TimedHttpClient
 from runtime.services import Services, Worker
 from runtime.settings import Settings
+from runtime.startup import check_redis, open_mysql_checked
 from runtime.statsd import StatsdClient
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ async def _sbc_addresses(
     from processors.sbc_addresses import build_keeper
 
     if settings.mysql_write is not None:
-        pool = await stack.enter_async_context(open_mysql(settings.mysql_write))
+        pool = await open_mysql_checked(stack, settings.mysql_write, "JAMBONES_MYSQL_WRITE")
     else:
-        pool = mysql or await stack.enter_async_context(open_mysql(settings.mysql))
+        pool = mysql or await open_mysql_checked(stack, settings.mysql, "JAMBONES_MYSQL")
     front = next(f for w in ingest_workers if (f := getattr(w, "front", None)) is not None)
     return build_keeper(
         pool, front, keep_alive_ms=settings.sbc_public_address_keep_alive_ms, dead_sbc_s=settings.dead_sbc_s
@@ -93,8 +94,9 @@ async def run(
                 continue
             stack.callback(loop.remove_signal_handler, sig)  # the handler goes with this run
         redis = await stack.enter_async_context(open_redis(settings.redis))
+        await check_redis(redis, settings.redis)  # a store that cannot serve is named in one line (exit 2)
         needs_mysql = "processors" in roles
-        mysql = await stack.enter_async_context(open_mysql(settings.mysql)) if needs_mysql else None
+        mysql = await open_mysql_checked(stack, settings.mysql, "JAMBONES_MYSQL") if needs_mysql else None
         needs_http = "projections" in roles  # the InfluxDB alerts
         http = await stack.enter_async_context(open_http(settings.http_user_agent)) if needs_http else None
         statsd = await stack.enter_async_context(StatsdClient(settings.statsd)) if settings.enable_metrics else None
