@@ -10,6 +10,7 @@ expires with the window.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -80,6 +81,10 @@ def aor_of(event: Event) -> str | None:
     """The AOR a step belongs to: the AOR the decision named (the To-URI's user@host)."""
     aor: str | None = getattr(event, "aor", None)
     return aor
+
+
+# What a decision's member keeps of the REGISTER it answered (the rest it shares with the decision).
+REQUEST_FIELDS = ("at", "transport", "expires", "call_id", "credentials", "username", "user_agent")
 
 
 def request_step(entry_id: str, event: Event, request: RequestSummary) -> dict[str, object]:
@@ -171,24 +176,26 @@ class HistoryProjection:
         if aor is None or step is None:
             return []
         at_ms = int(event.occurred_at.timestamp() * 1000)
-        members: list[str | int] = []
-        request: RequestSummary | None = getattr(event, "request", None)
-        if request is not None:
-            asked = request_step(entry_id, event, request)
-            members += [int(datetime.fromisoformat(request.at).timestamp() * 1000), _json.encode(asked).decode()]
         sig = signature(event)
         run = ""
         if sig:
-            step["sig"] = sig
+            sig = step["sig"] = hashlib.blake2b(sig.encode(), digest_size=8).hexdigest()  # short: one per member
             run = _json.encode(
                 {**step, "type": "Run", "of": event.TYPE, "count": 1, "last_at": step["at"], "id": entry_id}
             ).decode()
+        request: RequestSummary | None = getattr(event, "request", None)
+        if request is not None:
+            # The REGISTER it answered is kept inside the decision's member (one sorted-set entry, not two) and
+            # told as a step of its own when read (`one_story`).
+            asked = request_step(entry_id, event, request)
+            step["request"] = {key: value for key, value in asked.items() if key in REQUEST_FIELDS}
+        members: list[str | int]
         if isinstance(event, RegistrationRefreshed):
             # A cached refresh changes nothing: it is told as a run from the first one on (a run of one, then
             # extended), never as steps of its own.
             members = [at_ms, run]
         else:
-            members += [at_ms, _json.encode(step).decode()]
+            members = [at_ms, _json.encode(step).decode()]
         oldest_ms = at_ms - self.retention_s * 1000
         key = self.names.history(aor)
         return [RECORD_SCRIPT.command((key,), (at_ms, oldest_ms, self.retention_s, sig, run, *members))]
@@ -303,11 +310,29 @@ def one_story(
             latest[str(step["id"])] = (score, step)
     return in_story_order(
         [
-            step
+            told
             for score, step in latest.values()
             if (since_ms is None or score >= since_ms) and (until_ms is None or _ms(step["at"]) <= until_ms)
+            for told in _told(step)
         ]
     )
+
+
+def _told(step: dict[str, object]) -> list[dict[str, object]]:
+    """A stored member as the steps it tells: a decision with the REGISTER it answered is two."""
+    request = step.pop("request", None)
+    if not isinstance(request, dict):
+        return [step]
+    asked: dict[str, object] = {
+        "id": f"{step['id']}.0",
+        "at": request.get("at"),
+        "type": "RegisterReceived",
+        "correlation_id": step.get("correlation_id"),
+    }
+    if "source" in step:
+        asked["source"] = step["source"]
+    asked.update((key, request[key]) for key in REQUEST_FIELDS if key in request and key != "at")
+    return [asked, step]
 
 
 async def load_history(
