@@ -72,6 +72,7 @@ async def check_redis(redis: Redis, settings: RedisSettings, timeout_s: float = 
     finally:
         if probe is not redis:
             await probe.aclose()
+            await probe.connection_pool.disconnect()  # its own pool: aclose() leaves a pool it was given open
     if int(cluster.get("cluster_enabled", 0) or 0) == 1:
         raise ConfigError(
             "JAMBONES_REDIS_HOST",
