@@ -38,6 +38,7 @@ from runtime.redis_scripts import Script
 log = logging.getLogger(__name__)
 
 ANNOUNCE_EVERY_S = 1.0
+ADDRESS_CHECK_S = 0.1  # the front binds (or drachtio reconnects) after the first heartbeat
 ALIVE_TTL_MS = 3000  # three missed heartbeats
 CLEANUP_EVERY_S = 2.0
 REDIS_TIMEOUT_S = 2.0
@@ -173,15 +174,20 @@ class Membership:
         self.started_at_ms = int(await self._redis_time_ms())
         log.info("sbc announcing itself ingest_id=%s sbc_address=%s", self.ingest_id, self.sbc_address() or "-")
         self.ready.set()
-        next_cleanup = loop.time()
+        next_announce = next_cleanup = loop.time()
+        announced_address: str | None = None
         try:
             while not self._stop.is_set():
-                await self._guarded(self.announce())
+                address = self.sbc_address()
+                if loop.time() >= next_announce or address != announced_address:  # a new address at once
+                    next_announce = loop.time() + ANNOUNCE_EVERY_S
+                    announced_address = address
+                    await self._guarded(self.announce())
                 if loop.time() >= next_cleanup:
                     next_cleanup = loop.time() + CLEANUP_EVERY_S
                     await self._guarded(self.clean_up())
                 try:
-                    async with asyncio.timeout(ANNOUNCE_EVERY_S):
+                    async with asyncio.timeout(ADDRESS_CHECK_S):
                         await self._stop.wait()
                 except TimeoutError:
                     pass
