@@ -2,13 +2,13 @@
 
 Redis keeps the last `SIDECAR_HISTORY_HOT_S` (24 h) of each AOR's story; the archive keeps it for the audit window
 (`SIDECAR_RETENTION_S`, 7 days), in one table every SBC of the cluster reaches. A move is insert first, remove
-second: the steps read from Redis are upserted by (aor, step id), then exactly those members are removed (`ZREM`
-of the members read), so a crash between the two leaves a step in both places (read back once: by step id), never
-in neither. A run of refreshes is scored by its last time, so a run still growing stays hot; one whose last
-refresh is older than the window is complete and moves. Should a run grow between the read and the remove, its
-new member (same step id, a later score) is not the one removed: it stays in Redis, and a later move overwrites
-the archived row with it (the row with the later score wins). Every SBC may run this at once: inserts are
-upserts, removals of what is gone are no-ops.
+second: the steps read from the head of the story's list are upserted by (aor, step id), then exactly those
+members are popped, each only if still unchanged at the head (`POP_MOVED`), so a crash between the two leaves a
+step in both places (read back once: by step id), never in neither. A run of refreshes is timed by its last
+refresh, so a run still growing stays hot; one whose last refresh is older than the window is complete and
+moves. Should a run grow between the read and the pop, its new member (same step id, a later time) is not the
+one popped: it stays in Redis, and a later move overwrites the archived row with it (the later time wins).
+Every SBC may run this at once: inserts are upserts, pops of what is gone are no-ops.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events import StreamNames
+from projections.history import with_times
 from runtime.connections import open_mysql
+from runtime.redis_scripts import Script
 from runtime.settings import MysqlSettings
 
 if TYPE_CHECKING:
@@ -33,10 +35,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Pops the moved members from the head of the story, each only if it is still there unchanged (a run that grew
+# meanwhile stays, and a later move overwrites its archived row).
+POP_MOVED = Script(
+    "history-pop-moved",
+    """
+local popped = 0
+for i = 1, #ARGV do
+  if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[i] then break end
+  redis.call('LPOP', KEYS[1])
+  popped = popped + 1
+end
+return popped
+""",
+)
+
 TABLE = "sidecar_history"
 PERIOD_S = 60.0  # one round a minute: the hot window is hours, so a minute's lag is nothing
 SCAN_COUNT = 200  # keys per SCAN call
-MOVE_BATCH = 500  # steps per ZRANGEBYSCORE page, multi-row INSERT and ZREM (each O(batch log n) in Redis)
+MOVE_BATCH = 500  # steps per LRANGE page, multi-row INSERT and pop
 TRIM_BATCH = 5000  # rows per DELETE of the archive's retention
 QUERY_TIMEOUT_S = 10.0
 COLUMNS = "aor, at_ms, step_id, step"
@@ -154,17 +171,19 @@ class HistoryArchive:
         moved = 0
         while True:
             async with asyncio.timeout(QUERY_TIMEOUT_S):
-                page: list[tuple[bytes, float]] = await self.redis.zrangebyscore(  # type: ignore[assignment]
-                    key, "-inf", f"({cutoff_ms}", start=0, num=MOVE_BATCH, withscores=True
-                )
-            if not page:
+                page: list[bytes | str] = await self.redis.lrange(key, 0, MOVE_BATCH - 1)  # type: ignore[misc]
+            cold: list[tuple[bytes | str, float]] = []
+            for member, score in with_times(page):  # the head of the story, oldest first, up to a hot step
+                if score >= cutoff_ms:
+                    break
+                cold.append((member, score))
+            if not cold:
                 return moved
-            steps = [_archived(aor, member, score) for member, score in page]
-            await insert_steps(self.pool, steps)
+            await insert_steps(self.pool, [_archived(aor, member, score) for member, score in cold])
             async with asyncio.timeout(QUERY_TIMEOUT_S):
-                await self.redis.zrem(key, *(member for member, _ in page))
-            moved += len(page)
-            if len(page) < MOVE_BATCH:
+                await POP_MOVED.run(self.redis, (key,), [_text(member) for member, _ in cold])
+            moved += len(cold)
+            if len(cold) < MOVE_BATCH:
                 return moved
 
 

@@ -1,11 +1,11 @@
 """The history projection: the story of each AOR (requests, decisions, expiries), for `sbc-sidecar history`.
 
-Each decision about an AOR becomes its step and the step of the REGISTER it answered (the decision's
-fact carries the request's summary) in a per-AOR sorted set scored by time. A decision that repeats the
-one before it (a refresh with the same contact, source and grant; the same failure from the same source)
-extends a run instead (`RECORD_SCRIPT`). ZADD of the same summary is a no-op, so re-deliveries of plain
-steps are harmless; entries older than the retention window are dropped as new ones arrive, and the key
-expires with the window.
+Each decision about an AOR becomes one member of a per-AOR list, holding its step and the REGISTER it
+answered (the decision's fact carries the request's summary; read back as two steps). A decision that
+repeats the one before it (a refresh with the same contact, source and grant; the same failure from the same
+source) extends a run instead (`RECORD_SCRIPT`). A re-delivered decision is told once (steps are read back by
+id); members older than the retention window are dropped as new ones arrive, and the key expires with the
+window. The archive (projections/archive.py) moves what is older than the hot window to MySQL.
 """
 
 from __future__ import annotations
@@ -34,39 +34,48 @@ from runtime.redis_scripts import Script
 
 _json = msgspec.json.Encoder()
 
-# The steps of one transaction in (each member and its score), steps older than the window out, the key kept
-# alive as long as the window. With a signature (`sig`), a decision that repeats the one just before it (a
-# refresh that changes nothing: same contact, source and grant; the same failure again) extends a run of
-# them (first at, last at, count) instead of adding steps: the story stays complete while its size grows
-# with changes, not with refreshes.
-# KEYS: the AOR's history. ARGV: now ms, oldest ms kept, retention s, sig ('' for none), run json (a template
-# with count 1), then score and member pairs.
+# The steps of one transaction in, steps older than the window out, the key kept alive as long as the window.
+# With a signature (`sig`), a decision that repeats the one just before it (a refresh that changes nothing:
+# same contact, source and grant; the same failure again) extends a run of them (first at, last at, count)
+# instead of adding steps: the story stays complete while its size grows with changes, not with refreshes.
+# The story is a list in the order the decisions were committed, each member JSON with its time in ms (`t`; a
+# run's is its last refresh): a list of long members costs Redis about half what a sorted set of them does.
+# KEYS: the AOR's history. ARGV: oldest ms kept, retention s, sig ('' for none), run json (a template with
+# count 1), the decision's time in ms, then the members.
 RECORD_SCRIPT = Script(
     "history-record",
     """
-local sig = ARGV[4]
+local sig = ARGV[3]
 local folded = false
 if sig ~= '' then
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1)[1]
+  local last = redis.call('LINDEX', KEYS[1], -1)
   if last then
     local step = cjson.decode(last)
     if step.sig == sig then
-      local run = step
-      if step.type ~= 'Run' then run = cjson.decode(ARGV[5]) else run.count = run.count + 1 end
-      run.last_at = cjson.decode(ARGV[5]).last_at
-      if step.type == 'Run' then redis.call('ZREM', KEYS[1], last) end
-      redis.call('ZADD', KEYS[1], ARGV[1], cjson.encode(run))
+      if step.type == 'Run' then
+        step.count = step.count + 1
+        step.last_at = cjson.decode(ARGV[4]).last_at
+        step.t = tonumber(ARGV[5])
+        redis.call('LSET', KEYS[1], -1, cjson.encode(step))
+      else
+        redis.call('RPUSH', KEYS[1], ARGV[4])
+      end
       folded = true
     end
   end
 end
 if not folded then
-  for i = 6, #ARGV, 2 do
-    redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  for i = 6, #ARGV do
+    redis.call('RPUSH', KEYS[1], ARGV[i])
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+local oldest = tonumber(ARGV[1])
+while true do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head or tonumber(cjson.decode(head).t) >= oldest then break end
+  redis.call('LPOP', KEYS[1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return folded and 1 or 0
 """,
 )
@@ -176,6 +185,7 @@ class HistoryProjection:
         if aor is None or step is None:
             return []
         at_ms = int(event.occurred_at.timestamp() * 1000)
+        step["t"] = at_ms
         sig = signature(event)
         run = ""
         if sig:
@@ -189,16 +199,12 @@ class HistoryProjection:
             # told as a step of its own when read (`one_story`).
             asked = request_step(entry_id, event, request)
             step["request"] = {key: value for key, value in asked.items() if key in REQUEST_FIELDS}
-        members: list[str | int]
-        if isinstance(event, RegistrationRefreshed):
-            # A cached refresh changes nothing: it is told as a run from the first one on (a run of one, then
-            # extended), never as steps of its own.
-            members = [at_ms, run]
-        else:
-            members = [at_ms, _json.encode(step).decode()]
+        # A cached refresh changes nothing: it is told as a run from the first one on (a run of one, then
+        # extended), never as steps of its own.
+        member = run if isinstance(event, RegistrationRefreshed) else _json.encode(step).decode()
         oldest_ms = at_ms - self.retention_s * 1000
         key = self.names.history(aor)
-        return [RECORD_SCRIPT.command((key,), (at_ms, oldest_ms, self.retention_s, sig, run, *members))]
+        return [RECORD_SCRIPT.command((key,), (oldest_ms, self.retention_s, sig, run, at_ms, member))]
 
     async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         return [Outcome(writes=self.commands_for(d.entry_id, d.event)) for d in deliveries]
@@ -320,6 +326,7 @@ def one_story(
 
 def _told(step: dict[str, object]) -> list[dict[str, object]]:
     """A stored member as the steps it tells: a decision with the REGISTER it answered is two."""
+    step.pop("t", None)
     request = step.pop("request", None)
     if not isinstance(request, dict):
         return [step]
@@ -345,6 +352,10 @@ async def load_history(
     archived: Iterable[tuple[str, float]] = (),
 ) -> list[dict[str, object]]:
     """The story of one AOR: its hot steps in Redis and the `archived` ones (member JSON, score), as one."""
-    low = "-inf" if since_ms is None else since_ms
-    raw = await redis.zrangebyscore(names.history(aor), low, "+inf", withscores=True)  # type: ignore[attr-defined]
-    return one_story([*archived, *raw], since_ms, until_ms)
+    raw = await redis.lrange(names.history(aor), 0, -1)  # type: ignore[attr-defined]
+    return one_story([*archived, *with_times(raw)], since_ms, until_ms)
+
+
+def with_times(members: Iterable[str | bytes]) -> list[tuple[str | bytes, float]]:
+    """History list members with their scores (their time in ms; a run's: its last refresh)."""
+    return [(member, float(json.loads(member)["t"])) for member in members]

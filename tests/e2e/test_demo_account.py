@@ -49,7 +49,7 @@ async def demo(cluster_id: str, mysql_db: str, redis: Redis) -> AsyncIterator[Si
 async def story(redis: Redis, names: StreamNames, steps: int) -> None:
     """Waits until the history projection holds this many steps of the demo AOR."""
     deadline = asyncio.get_running_loop().time() + PROJECTION_WAIT_S
-    while await redis.zcard(names.history(DEMO_AOR)) < steps:
+    while await redis.llen(names.history(DEMO_AOR)) < steps:
         assert asyncio.get_running_loop().time() < deadline, "the history projection never caught up"
         await asyncio.sleep(0.02)
 

@@ -37,6 +37,8 @@ async def everything_stored(redis: Redis, cluster_id: str, home: str) -> bytes:
                 chunks += [k + b"=" + v for k, v in fields.items()]
         elif kind == "zset":
             chunks += await redis.zrange(key, 0, -1)
+        elif kind == "list":
+            chunks += await redis.lrange(key, 0, -1)
         elif kind == "hash":
             chunks += [k + b"=" + v for k, v in (await redis.hgetall(key)).items()]
         elif kind == "set":

@@ -164,7 +164,7 @@ async def seed_history(redis: Redis, names: StreamNames, aor: str) -> None:
     )
     for number, event in enumerate((challenged, rejected)):
         step = summarize(f"{number + 1}-0", event)
-        await redis.zadd(names.history(aor), {json.dumps(step): int(event.occurred_at.timestamp() * 1000)})
+        await redis.rpush(names.history(aor), json.dumps({**step, "t": int(event.occurred_at.timestamp() * 1000)}))
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from events import (
     new_event_id,
 )
 from projections.archive import ArchivedStep, HistoryArchive, HistoryArchiver, insert_steps, read_archive, trim_archive
-from projections.history import HistoryProjection, describe_step, load_history
+from projections.history import HistoryProjection, describe_step, load_history, with_times
 from runtime.redis_scripts import scripts_used
 from runtime.settings import MysqlSettings, Secret
 from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, base_env
@@ -134,8 +134,7 @@ async def rows(pool: aiomysql.Pool) -> list[tuple[str, int, str]]:
 
 
 async def hot(redis: Redis, names: StreamNames) -> Scored:
-    scored: Scored = await redis.zrange(names.history(AOR), 0, -1, withscores=True)
-    return scored
+    return with_times(await redis.lrange(names.history(AOR), 0, -1))  # type: ignore[return-value]
 
 
 async def story(redis: Redis, names: StreamNames, pool: aiomysql.Pool) -> list[dict[str, object]]:
@@ -152,7 +151,7 @@ async def test_steps_older_than_the_hot_window_move_to_mysql_once(
 ) -> None:
     await Projector(redis, names)(registration(0, 5060, 10) + registration(7200, 6000, 5))
     other = StreamNames(names.cluster_id, partition=1)  # another partition's history is not this archive's
-    await redis.zadd(other.history(AOR), {json.dumps({"id": "1-0", "at": T0.isoformat(), "type": "X"}): ms(T0)})
+    await redis.rpush(other.history(AOR), json.dumps({"id": "1-0", "at": T0.isoformat(), "type": "X", "t": ms(T0)}))
     before = await hot(redis, names)
     whole = await load_history(redis, names, AOR)
     now_ms = ms(T0 + timedelta(hours=25))  # the hot window starts at T0 + 1 h: the first registration is cold
@@ -164,13 +163,13 @@ async def test_steps_older_than_the_hot_window_move_to_mysql_once(
     assert moved == len(cold) >= 3 and trimmed == 0
     assert await hot(redis, names) == [(m, s) for m, s in before if s >= cutoff_ms]  # exactly the cold ones left
     assert await rows(pool) == sorted((AOR, int(s), json.loads(m)["id"]) for m, s in cold)
-    assert await redis.zcard(other.history(AOR)) == 1
+    assert await redis.llen(other.history(AOR)) == 1
     assert await story(redis, names, pool) == whole  # archive and Redis tell the story as Redis told it
 
     # Again at the same time: nothing left to move. A move cut short after its INSERT (the members back in Redis)
     # writes no row twice and still removes them.
     assert await archive(redis, pool, names).run_once(now_ms) == (0, 0)
-    await redis.zadd(names.history(AOR), {member: score for member, score in cold})
+    await redis.lpush(names.history(AOR), *reversed([member for member, _ in cold]))
     assert await story(redis, names, pool) == whole  # a step in both places is told once
     assert await archive(redis, pool, names).run_once(now_ms) == (len(cold), 0)
     assert len(await rows(pool)) == len(cold)
@@ -187,7 +186,7 @@ async def test_a_run_moves_once_complete_with_its_last_count(
     run_id = json.loads(runs[0][0])["id"]
 
     # At T0 + 25 h the window starts at T0 + 1 h: the run began before it but still grew after, so it stays.
-    first = await redis.zcard(names.history(AOR)) - 1  # the REGISTERs, the 401 and the 200: all before T0 + 1 h
+    first = await redis.llen(names.history(AOR)) - 1  # the REGISTERs, the 401 and the 200: all before T0 + 1 h
     assert await archive(redis, pool, names).run_once(ms(T0 + timedelta(hours=25))) == (first, 0)
     assert [json.loads(m)["id"] for m, _ in await hot(redis, names)] == [run_id]
     await project([refresh(3 * 3600, 5060)])  # it grows: a new member, same id, later score
@@ -261,7 +260,7 @@ async def test_history_tells_archive_and_redis_as_one_story_within_bounds(
     await Projector(redis, names)(registration(0, 5060, 3) + registration(7200, 6000, 3) + registration(14400, 7000, 3))
     whole = await load_history(redis, names, AOR)
     await archive(redis, pool, names).run_once(ms(T0 + timedelta(hours=27)))  # the first two are cold now
-    assert 0 < await redis.zcard(names.history(AOR)) < len(whole)
+    assert 0 < await redis.llen(names.history(AOR)) < len(whole)
     env = base_env(cluster_id, mysql_db)
 
     told = await asyncio.to_thread(sidecar_cli, env, "history", AOR)
