@@ -54,7 +54,6 @@ if sig ~= '' then
     if step.sig == sig then
       if step.type == 'Run' then
         step.count = step.count + 1
-        step.last_at = cjson.decode(ARGV[4]).last_at
         step.t = tonumber(ARGV[5])
         redis.call('LSET', KEYS[1], -1, cjson.encode(step))
       else
@@ -190,15 +189,16 @@ class HistoryProjection:
         run = ""
         if sig:
             sig = step["sig"] = hashlib.blake2b(sig.encode(), digest_size=8).hexdigest()  # short: one per member
-            run = _json.encode(
-                {**step, "type": "Run", "of": event.TYPE, "count": 1, "last_at": step["at"], "id": entry_id}
-            ).decode()
+            # A run keeps its first time (`at`); its last is its `t`.
+            run = _json.encode({**step, "type": "Run", "of": event.TYPE, "count": 1, "id": entry_id}).decode()
         request: RequestSummary | None = getattr(event, "request", None)
         if request is not None:
-            # The REGISTER it answered is kept inside the decision's member (one sorted-set entry, not two) and
-            # told as a step of its own when read (`one_story`).
+            # The REGISTER it answered is kept inside the decision's member (one list entry, not two) and told as
+            # a step of its own when read (`_told`), its time as an offset from the decision's.
             asked = request_step(entry_id, event, request)
-            step["request"] = {key: value for key, value in asked.items() if key in REQUEST_FIELDS}
+            kept = {key: value for key, value in asked.items() if key in REQUEST_FIELDS and key != "at"}
+            step["request"] = {"dt": _ms(request.at) - at_ms, **kept}
+        del step["at"]  # a decision's time is its `t`
         # A cached refresh changes nothing: it is told as a run from the first one on (a run of one, then
         # extended), never as steps of its own.
         member = run if isinstance(event, RegistrationRefreshed) else _json.encode(step).decode()
@@ -318,21 +318,35 @@ def one_story(
         [
             told
             for score, step in latest.values()
-            if (since_ms is None or score >= since_ms) and (until_ms is None or _ms(step["at"]) <= until_ms)
+            if (since_ms is None or score >= since_ms) and (until_ms is None or _first_ms(step) <= until_ms)
             for told in _told(step)
         ]
     )
 
 
-def _told(step: dict[str, object]) -> list[dict[str, object]]:
-    """A stored member as the steps it tells: a decision with the REGISTER it answered is two."""
-    step.pop("t", None)
+def _first_ms(step: dict[str, object]) -> int:
+    return _ms(step["at"]) if "at" in step else int(str(step["t"]))
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def _told(stored: dict[str, object]) -> list[dict[str, object]]:
+    """A stored member as the steps it tells: a decision with the REGISTER it answered is two, each with its
+    time (`at`; a run's `last_at` too) written out again."""
+    t = stored.pop("t", None)
+    step: dict[str, object] = {"id": stored.pop("id"), "at": stored.pop("at", None) or _iso(int(str(t)))}
+    step.update(stored)
+    if step.get("type") == "Run" and "last_at" not in step and t is not None:
+        step["last_at"] = _iso(int(str(t)))
     request = step.pop("request", None)
     if not isinstance(request, dict):
         return [step]
+    at = request.get("at") or _iso(_ms(step["at"]) + int(str(request.get("dt", 0))))
     asked: dict[str, object] = {
         "id": f"{step['id']}.0",
-        "at": request.get("at"),
+        "at": at,
         "type": "RegisterReceived",
         "correlation_id": step.get("correlation_id"),
     }
