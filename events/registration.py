@@ -33,6 +33,8 @@ class RequestSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     credentials: bool = False  # whether it carried an Authorization header
     username: str | None = None  # the credentials' username
     user_agent: str | None = None
+    sbc: str | None = None  # the ingest that received it (its id), so a story across SBCs names each
+    sbc_address: str | None = None  # that SBC's SIP address, as it advertises it (`sbcAddress`)
 
 
 class RegisterReceived(Event, frozen=True, kw_only=True):

@@ -92,7 +92,17 @@ def aor_of(event: Event) -> str | None:
 
 
 # What a decision's member keeps of the REGISTER it answered (the rest it shares with the decision).
-REQUEST_FIELDS = ("at", "transport", "expires", "call_id", "credentials", "username", "user_agent")
+REQUEST_FIELDS = (
+    "at",
+    "transport",
+    "expires",
+    "call_id",
+    "credentials",
+    "username",
+    "user_agent",
+    "sbc",
+    "sbc_address",
+)
 
 
 def request_step(entry_id: str, event: Event, request: RequestSummary) -> dict[str, object]:
@@ -116,6 +126,8 @@ def request_step(entry_id: str, event: Event, request: RequestSummary) -> dict[s
         step["username"] = request.username
     if request.user_agent:
         step["user_agent"] = request.user_agent
+    if request.sbc:
+        step.update(sbc=request.sbc, sbc_address=request.sbc_address)
     return step
 
 
@@ -217,7 +229,8 @@ def describe_step(step: dict[str, object]) -> str:
     source = step.get("source", "")
     if kind == "RegisterReceived":
         creds = f"with credentials of {step.get('username')}" if step.get("credentials") else "without credentials"
-        text = f"REGISTER from {source} over {step.get('transport')}, expires={step.get('expires')}, {creds}"
+        via = f"via {step['sbc']} ({step.get('sbc_address')}) " if step.get("sbc") else ""
+        text = f"REGISTER {via}from {source} over {step.get('transport')}, expires={step.get('expires')}, {creds}"
     elif kind == "RegisterChallenged":
         text = "401 Unauthorized: challenged" + (" (stale nonce)" if step.get("stale") else "")
     elif kind == "RegisterRejected":

@@ -418,6 +418,8 @@ def request_summary(request: RegisterReceived) -> RequestSummary:
         credentials=credentials is not None,
         username=credentials.username if credentials is not None else None,
         user_agent=request.user_agent,
+        sbc=request.reply_to,
+        sbc_address=request.sbc_address,
     )
 
 

@@ -594,7 +594,12 @@ async def test_history_tells_challenge_grant_cached_refresh_and_unregister(
     # A cached refresh is a run (of one here): told in one line, extended by the next identical ones.
     assert steps[4]["cached"] is True and steps[4]["of"] == "RegistrationRefreshed" and steps[4]["count"] == 1
     assert steps[0]["expires"] == 3600 and steps[5]["expires"] == 0
-    assert describe_step(steps[0]).endswith(f"REGISTER from {source} over udp, expires=3600, without credentials")
+    sbc = sidecar.settings.ingest_id  # each REGISTER names the SBC that received it
+    address = f"udp/127.0.0.1:{sidecar.udp_port},tcp/127.0.0.1:{sidecar.tcp_port}"
+    assert [(s["sbc"], s["sbc_address"]) for s in requests] == [(sbc, address)] * 4
+    assert describe_step(steps[0]).endswith(
+        f"REGISTER via {sbc} ({address}) from {source} over udp, expires=3600, without credentials"
+    )
 
     env = base_env(cluster_id, mysql_db)
     plain, as_json = await asyncio.gather(

@@ -219,4 +219,4 @@ async def test_a_register_whose_ingest_gave_up_is_recorded_expired_and_granted_n
     await until(told, "the expiry in the history")
     lines = [describe_step(step) for step in await load_history(redis, names, aor)]
     assert "expired before it was decided: nobody waited for the answer" in lines[-1]
-    assert "REGISTER from 127.0.0.1" in lines[0]
+    assert f"REGISTER via {edge.settings.ingest_id} " in lines[0] and "from 127.0.0.1" in lines[0]
