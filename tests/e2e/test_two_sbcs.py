@@ -195,6 +195,13 @@ def test_a_dead_sbcs_reply_stream_is_deleted_after_the_reply_deadline(
         wait_for("the processors", lambda: healthy(f"http://127.0.0.1:{http_port}/health"))
         for ns in (a_ns, b_ns):
             wait_for(f"the SBC at {ns.ip}", lambda ns=ns: healthy(f"http://{ns.ip}:9090/health"))
+        for label, ns in (("a", a_ns), ("b", b_ns)):  # each has announced itself with its bound address
+            wait_for(
+                f"sbc-{label}'s announcement",
+                lambda label=label, ns=ns: (
+                    f"udp/{ns.ip}:{SIP_PORT}" in str(redis.hget(names.sbc_details, f"sbc-{label}"))
+                ),
+            )
 
         # The phone registers through A, then moves to B; the processors answer each through its SBC's stream.
         assert register(a_ns.root_ip, a_ns.ip).startswith("SIP/2.0 ")
