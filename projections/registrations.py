@@ -70,10 +70,7 @@ end
 
 # KEYS: versions hash, user:<aor>, active-user, expiry-due
 # ARGV: aor, entry id, op, record json, ttl s, expiry ms, lapsed grant id
-APPLY_LUA = (
-    _APPLY_FUNCTIONS
-    + "return apply(KEYS[1], KEYS[2], KEYS[3], KEYS[4], unpack(ARGV, 1, 7))\n"
-)
+APPLY_LUA = _APPLY_FUNCTIONS + "return apply(KEYS[1], KEYS[2], KEYS[3], KEYS[4], unpack(ARGV, 1, 7))\n"
 
 # The inline projection: the fact's XADD and its record writes in one step, compared by the id just given.
 # KEYS: versions hash, user:<aor>, active-user, expiry-due, stream

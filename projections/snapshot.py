@@ -10,7 +10,6 @@ covers, so the snapshot and the tail after it always make the whole state.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import zlib
@@ -19,9 +18,9 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import StreamNames, user_key
+from runtime.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ async def load_snapshot(redis: Redis, names: StreamNames) -> Snapshot | None:
     return _decoder.decode(zlib.decompress(blob))
 
 
-class SnapshotTaker:
+class SnapshotTaker(Periodic):
     """A Worker that snapshots the live bindings every `interval_s`."""
 
     name = "registrations-snapshot"
@@ -91,19 +90,17 @@ class SnapshotTaker:
     def __init__(
         self, redis: Redis, names: StreamNames, *, interval_s: float, clock: Callable[[], float] = time.time
     ) -> None:
+        super().__init__(interval_s)
         self.redis = redis
         self.names = names
-        self.interval_s = interval_s
         self.clock = clock
         self.taken = 0
-        self.ready = asyncio.Event()
-        self._stop = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def metrics(self) -> dict[str, float]:
         return {"taken": self.taken}
+
+    async def step(self) -> Snapshot:
+        return await self.snapshot()
 
     async def snapshot(self) -> Snapshot:
         snapshot = await take_snapshot(self.redis, self.names, int(self.clock() * 1000))
@@ -111,16 +108,3 @@ class SnapshotTaker:
         self.taken += 1
         log.debug("registrations snapshot taken bindings=%d covers=%s", len(snapshot.bindings), snapshot.covers)
         return snapshot
-
-    async def run(self) -> None:
-        self.ready.set()
-        while not self._stop.is_set():
-            try:
-                await self.snapshot()
-            except RedisError as exc:
-                log.warning("registrations snapshot failed error=%s", exc)
-            try:
-                async with asyncio.timeout(self.interval_s):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass

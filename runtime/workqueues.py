@@ -22,14 +22,15 @@ the retention window).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
+
+from runtime.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _text(value: tuple[int, int]) -> str:
     return f"{value[0]}-{value[1]}"
 
 
-class WorkQueueTrimmer:
+class WorkQueueTrimmer(Periodic):
     """A Worker that trims the work-queue streams every `interval_s`."""
 
     name = "workqueue-trimmer"
@@ -60,19 +61,14 @@ class WorkQueueTrimmer:
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(interval_s)
         self.redis = redis
         self.queues = dict(queues)
         self.grace_s = grace_s
         self.grace_max = grace_max
         self.bounds = dict(bounds or {})  # stream -> key holding the last id that may go (no key: nothing may)
-        self.interval_s = interval_s
         self.clock = clock
         self.trimmed = 0
-        self.ready = asyncio.Event()
-        self._stop = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def metrics(self) -> dict[str, float]:
         return {"trimmed": self.trimmed}
@@ -120,21 +116,11 @@ class WorkQueueTrimmer:
         self.trimmed += removed
         return removed
 
+    async def step(self) -> int:
+        return await self.sweep()
+
     async def sweep(self) -> int:
         total = 0
         for stream, groups in self.queues.items():
             total += await self.trim(stream, groups)
         return total
-
-    async def run(self) -> None:
-        self.ready.set()
-        while not self._stop.is_set():
-            try:
-                await self.sweep()
-            except RedisError as exc:
-                log.warning("work queue trim failed error=%s", exc)
-            try:
-                async with asyncio.timeout(self.interval_s):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass

@@ -9,18 +9,17 @@ dies mid-sweep loses none.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import StreamNames, new_event_id, user_key
 from events.envelope import utc_now
 from events.streams import ACTIVE_USER_KEY
 from runtime.eventlog import retention_min_id
+from runtime.periodic import Periodic
 from runtime.redis_scripts import Script
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ return {n, #due / 2}
 SWEEP_SCRIPT = Script("expiry-sweep", SWEEP_LUA)
 
 
-class ExpirySweeper:
+class ExpirySweeper(Periodic):
     """A Worker that sweeps the due index every `interval_s`."""
 
     name = "expiry"
@@ -69,18 +68,16 @@ class ExpirySweeper:
         batch: int = 200,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(interval_s)
         self.redis = redis
         self.names = names
         self.retention_s = retention_s
-        self.interval_s = interval_s
         self.batch = batch
         self.clock = clock
-        self.ready = asyncio.Event()
         self.expired = 0
-        self._stop = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
+    async def step(self) -> int:
+        return await self.sweep()
 
     async def sweep(self) -> int:
         """One pass; returns how many RegistrationExpired events it appended."""
@@ -101,16 +98,3 @@ class ExpirySweeper:
             self.expired += total
             log.info("bindings expired count=%d", total)
         return total
-
-    async def run(self) -> None:
-        self.ready.set()
-        while not self._stop.is_set():
-            try:
-                await self.sweep()
-            except RedisError as exc:
-                log.warning("expiry sweep failed error=%s", exc)
-            try:
-                async with asyncio.timeout(self.interval_s):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
