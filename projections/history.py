@@ -145,6 +145,10 @@ def summarize(entry_id: str, event: Event) -> dict[str, object] | None:
     if isinstance(event, RegisterChallenged):
         step.update(status=401, reason="Unauthorized", stale=event.stale)
     elif isinstance(event, RegisterRejected):
+        if event.account_sid is None:
+            # Rejected before any account was found (an unknown realm, a malformed REGISTER): junk that would give
+            # every made-up AOR a story of its own. It is counted (metrics, InfluxDB stats), not told.
+            return None
         step.update(status=event.status, reason=event.reason, cause=event.cause)
         if event.x_reason:
             step["x_reason"] = event.x_reason

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from events import (
     Event,
     RegisterChallenged,
+    RegisterRejected,
     RegistrationGranted,
     RegistrationRefreshed,
     RequestSummary,
@@ -116,3 +117,16 @@ async def test_a_phone_that_changed_source_twice_tells_each_change_and_runs_of_r
         assert await redis.llen(names.history(AOR)) == 9  # what Redis holds: a member per decision and per run
     finally:
         await redis.delete(names.history(AOR))
+
+
+def test_a_rejection_before_any_account_is_no_step_of_a_story(names: StreamNames) -> None:
+    """Junk (an unknown realm, a malformed REGISTER) is counted, not told: made-up AORs get no history."""
+    projection = HistoryProjection(names, retention_s=7 * 86400)
+    fields = {
+        "aor": AOR, "status": 403, "reason": "Forbidden", "source_ip": "10.0.0.7", "source_port": 5060,
+        "call_id": "c", "request": summary(0),
+    }  # fmt: skip
+    junk = RegisterRejected(**envelope(0), cause="unknown realm", **fields)  # type: ignore[arg-type]
+    refused = RegisterRejected(**envelope(0), cause="digest response does not match", account_sid="acc", **fields)  # type: ignore[arg-type]
+    assert projection.commands_for("1-0", junk) == []
+    assert len(projection.commands_for("1-1", refused)) == 1
