@@ -1,15 +1,16 @@
 """The snapshot of the live bindings, so that `replay registrations` needs only the tail of the log.
 
-Every `interval_s` the snapshot reads the version index, the due index and the records of the live
-bindings (pipelined, in chunks) after noting the last `registrations` entry, and stores them compressed
-in one key, with the id it covers in another. A binding written after that id may already be in the
-snapshot; replaying the tail over it is harmless, since the records' script ignores any fact older than
-the version a binding has. The work-queue trimmer never trims `registrations` past what the snapshot
+Every `interval_s`, when facts came since the last one, the snapshot reads the due index, the versions and the
+records of the live bindings (in chunks of a round trip each) after noting the last `registrations` entry,
+and stores them compressed in one key, with the id it covers in another. A binding written after that id
+may already be in the snapshot; replaying the tail over it is harmless, since the records' script ignores
+any fact older than the version a binding has. The work-queue trimmer never trims `registrations` past what the snapshot
 covers, so the snapshot and the tail after it always make the whole state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -48,31 +49,48 @@ def _text(value: bytes | str) -> str:
 
 
 async def take_snapshot(redis: Redis, names: StreamNames, now_ms: int) -> Snapshot:
+    """Reads the live bindings in chunks of CHUNK (each chunk one round trip of each command), so that neither
+    Redis nor this process's event loop is held for long however many phones there are."""
     last: Any = await redis.xrevrange(names.registrations, count=1)
     covers = _text(last[0][0]) if last else "0-0"
-    raw_versions: Any = await redis.hgetall(names.registration_versions)
-    versions = {_text(k): _text(v) for k, v in raw_versions.items()}
-    raw_due: Any = await redis.zrange(names.expiry_due, 0, -1, withscores=True)
-    due = {_text(aor): int(score) for aor, score in raw_due}
-    aors = [aor for aor in due if aor in versions]
     bindings: list[Binding] = []
-    for start in range(0, len(aors), CHUNK):
-        chunk = aors[start : start + CHUNK]
-        records = await redis.mget([user_key(aor) for aor in chunk])
-        bindings += [
-            Binding(aor, versions[aor], due[aor], _text(record))
-            for aor, record in zip(chunk, records, strict=True)
-            if record is not None
-        ]
+    chunk: list[tuple[str, int]] = []
+    # ZSCAN returns every binding present for the whole scan at least once, whatever changes meanwhile.
+    async for aor, score in redis.zscan_iter(names.expiry_due, count=CHUNK):
+        chunk.append((_text(aor), int(score)))
+        if len(chunk) >= CHUNK:
+            bindings += await _bindings(redis, names, chunk)
+            chunk = []
+    if chunk:
+        bindings += await _bindings(redis, names, chunk)
     return Snapshot(covers, now_ms, bindings)
 
 
+async def _bindings(redis: Redis, names: StreamNames, due: list[tuple[str, int]]) -> list[Binding]:
+    aors = [aor for aor, _ in due]
+    pipe = redis.pipeline(transaction=False)
+    pipe.hmget(names.registration_versions, aors)
+    pipe.mget([user_key(aor) for aor in aors])
+    versions, records = await pipe.execute()
+    return [
+        Binding(aor, _text(version), expiry_ms, _text(record))
+        for (aor, expiry_ms), version, record in zip(due, versions, records, strict=True)
+        if version is not None and record is not None
+    ]
+
+
 async def store_snapshot(redis: Redis, names: StreamNames, snapshot: Snapshot) -> None:
-    blob = zlib.compress(msgspec.json.encode(snapshot), 6)
+    # Encoding and compressing a large snapshot takes tens of milliseconds: off the event loop (zlib lets go
+    # of the GIL while it works), so SIP answers and heartbeats never wait for it.
+    blob = await asyncio.to_thread(_compressed, snapshot)
     pipe = redis.pipeline(transaction=True)
     pipe.set(names.registrations_snapshot, blob)
     pipe.set(names.registrations_snapshot_covers, snapshot.covers)
     await pipe.execute()
+
+
+def _compressed(snapshot: Snapshot) -> bytes:
+    return zlib.compress(msgspec.json.encode(snapshot), 6)
 
 
 async def load_snapshot(redis: Redis, names: StreamNames) -> Snapshot | None:
@@ -99,7 +117,13 @@ class SnapshotTaker(Periodic):
     def metrics(self) -> dict[str, float]:
         return {"taken": self.taken}
 
-    async def step(self) -> Snapshot:
+    async def step(self) -> Snapshot | None:
+        """A snapshot, unless no fact came since the last one (an idle cluster costs nothing)."""
+        last: Any = await self.redis.xrevrange(self.names.registrations, count=1)
+        newest = _text(last[0][0]) if last else "0-0"
+        covered = await self.redis.get(self.names.registrations_snapshot_covers)
+        if covered is not None and _text(covered) == newest:
+            return None
         return await self.snapshot()
 
     async def snapshot(self) -> Snapshot:

@@ -26,6 +26,7 @@ import contextvars
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -57,6 +58,7 @@ class Metrics:
 
     def __init__(self, statsd: StatsdClient | None = None) -> None:
         self.statsd = statsd
+        self._answer_children: dict[tuple[int, str], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.answer_seconds = Histogram(
@@ -112,7 +114,11 @@ class Metrics:
     # --- observations -------------------------------------------------------------------------
 
     def registration_answered(self, status: int, path: str, seconds: float) -> None:
-        self.answer_seconds.labels(str(status), path).observe(seconds)
+        # The labelled child of each (status, path) is looked up once: labels() costs more than observe().
+        child = self._answer_children.get((status, path))
+        if child is None:
+            child = self._answer_children[(status, path)] = self.answer_seconds.labels(str(status), path)
+        child.observe(seconds)
         if self.statsd is not None:
             name = (
                 "sbc.registration.cached.response_time" if path == "cached" else "sbc.registration.total.response_time"
