@@ -7,15 +7,17 @@ whichever SBC happened to read the command.
 
 For each `OutboundRegisterRequested` it sends the REGISTER through the front as a client transaction, answers
 a 401/407 once with an MD5 digest (qop=auth with nc and cnonce when offered, opaque echoed; same Call-ID and
-From tag, CSeq + 1), and commits `OutboundRegisterAnswered` on `carriers` with the ack. The carrier password
-arrives sealed (runtime/sealed.py) and is opened only here, in memory. The gateway OPTIONS pings on the same
-stream are sent by `ingest/pings.py`.
+From tag, CSeq + 1; sent to the challenger's address when the next hop is a hostname, DRACHTIO.md 7.1), and
+commits `OutboundRegisterAnswered` on `carriers` with the ack. The carrier password arrives sealed
+(runtime/sealed.py) and is opened only here, in memory. The gateway OPTIONS pings on the same stream are sent
+by `ingest/pings.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import os
 import socket
@@ -30,10 +32,11 @@ from events import (
     now_ms,
     stamp,
 )
-from ingest.fronts.front import OutboundRequest, SipFront
+from ingest.fronts.front import ClientAnswer, OutboundRequest, SipFront
 from ingest.sip import SipParseError, SipResponse
 from ingest.sip.digest import parse_digest_params
 from ingest.sip.headers import parse_contacts, parse_delta_seconds
+from ingest.sip.uri import parse_uri
 from runtime.handling import Delivery, Outcome, Step
 from runtime.sealed import Sealer
 
@@ -112,6 +115,29 @@ def granted_in(response: SipResponse) -> tuple[int | None, int | None]:
             except SipParseError:
                 contact_expires = None
     return expires_header, contact_expires
+
+
+def retry_hop(next_hop: str | None, request_uri: str, challenge: ClientAnswer) -> str | None:
+    """The next hop of the digest retry (DRACHTIO.md 7.1, as drachtio-srf does).
+
+    When the next hop (else the Request-URI) names a hostname, the retry goes to the address the
+    challenge came from, `sip:<addr>:<port>[;transport=<t>]` (no transport parameter for UDP), so
+    that DNS cannot send it to another A record than the one holding the nonce. An IP next hop, or
+    a challenge whose source the front does not know, leaves the next hop as it was.
+    """
+    if challenge.source is None:
+        return next_hop
+    try:
+        host = parse_uri(next_hop or request_uri).host.strip("[]")
+    except SipParseError:
+        return next_hop
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        transport, address, port = challenge.source
+        hop = f"sip:[{address}]:{port}" if ":" in address else f"sip:{address}:{port}"
+        return hop if transport.lower() == "udp" else f"{hop};transport={transport.lower()}"
+    return next_hop
 
 
 async def addresses_of(host: str, port: int | None) -> tuple[str, ...]:
@@ -209,7 +235,12 @@ class OutboundRegistrations:
         )
 
     def _request(
-        self, command: OutboundRegisterRequested, tag: str, cseq: int, auth: tuple[str, str] | None
+        self,
+        command: OutboundRegisterRequested,
+        tag: str,
+        cseq: int,
+        auth: tuple[str, str] | None,
+        next_hop: str | None,
     ) -> OutboundRequest:
         contact = command.contact
         if f"@{EDGE_HOST};" in contact or f"@{EDGE_HOST}>" in contact:
@@ -227,7 +258,7 @@ class OutboundRegistrations:
         ]
         if auth is not None:
             headers.append(auth)
-        return OutboundRequest("REGISTER", command.request_uri, headers, next_hop=command.next_hop)
+        return OutboundRequest("REGISTER", command.request_uri, headers, next_hop=next_hop)
 
     async def _front_ready(self, timeout_s: float = 10.0) -> None:
         """At start the consumer may read a command before the front listens (or drachtio is connected)."""
@@ -241,7 +272,9 @@ class OutboundRegistrations:
         tag = os.urandom(5).hex()
         cseq = command.cseq
         self.sent += 1
-        response = await self.front.send_request(self._request(command, tag, cseq, None), TRANSACTION_TIMEOUT_S)
+        first = self._request(command, tag, cseq, None, command.next_hop)
+        answer = await self.front.exchange(first, TRANSACTION_TIMEOUT_S)
+        response = answer.response
         authenticated = False
         if response.status in (401, 407):
             challenge_name, answer_name = (
@@ -267,8 +300,10 @@ class OutboundRegistrations:
                 del password
                 cseq += 1
                 self.sent += 1
-                request = self._request(command, tag, cseq, (answer_name, value))
-                response = await self.front.send_request(request, TRANSACTION_TIMEOUT_S)
+                hop = retry_hop(command.next_hop, command.request_uri, answer)
+                request = self._request(command, tag, cseq, (answer_name, value), hop)
+                answer = await self.front.exchange(request, TRANSACTION_TIMEOUT_S)
+                response = answer.response
                 authenticated = True
         expires_header, contact_expires = granted_in(response) if response.status == 200 else (None, None)
         addresses: tuple[str, ...] = ()
@@ -290,5 +325,6 @@ class OutboundRegistrations:
             expires_header=expires_header,
             contact_expires=contact_expires,
             authenticated=authenticated,
+            source=f"{answer.source[1]}:{answer.source[2]}" if answer.source is not None else None,
             addresses=addresses,
         )

@@ -1,5 +1,12 @@
 """SIP fronts: the native asyncio SIP transport and the drachtio-server client, behind one interface."""
 
-from ingest.fronts.front import IncomingRequest, OutboundRequest, RequestHandler, SipFront, TransportFacts
+from ingest.fronts.front import (
+    ClientAnswer,
+    IncomingRequest,
+    OutboundRequest,
+    RequestHandler,
+    SipFront,
+    TransportFacts,
+)
 
-__all__ = ["IncomingRequest", "OutboundRequest", "RequestHandler", "SipFront", "TransportFacts"]
+__all__ = ["ClientAnswer", "IncomingRequest", "OutboundRequest", "RequestHandler", "SipFront", "TransportFacts"]

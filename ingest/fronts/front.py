@@ -54,6 +54,18 @@ class OutboundRequest:
     next_hop: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClientAnswer:
+    """The final response to an `OutboundRequest`, and where it came from when the front knows it.
+
+    `source` is (transport, address, port) of the peer that sent the response; None for a response
+    the front made up itself (Timer F's 408) or when the front does not record it.
+    """
+
+    response: SipResponse
+    source: tuple[str, str, int] | None = None
+
+
 class SipFront(Protocol):
     """A SIP edge: listens (or connects to drachtio), hands requests to one handler, sends requests.
 
@@ -69,6 +81,8 @@ class SipFront(Protocol):
     def set_handler(self, handler: RequestHandler) -> None: ...
 
     async def send_request(self, request: OutboundRequest, timeout_s: float = 32.0) -> SipResponse: ...
+
+    async def exchange(self, request: OutboundRequest, timeout_s: float = 32.0) -> ClientAnswer: ...
 
     async def __aenter__(self) -> SipFront: ...
 

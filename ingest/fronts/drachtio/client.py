@@ -48,7 +48,7 @@ from ingest.fronts.drachtio.messages import (
 )
 from ingest.fronts.drachtio.render import render_request, render_response, salvage_response, timeout_response
 from ingest.fronts.drachtio.request import DrachtioRequest, request_problem
-from ingest.fronts.front import OutboundRequest, RequestHandler, TransportFacts
+from ingest.fronts.front import ClientAnswer, OutboundRequest, RequestHandler, TransportFacts
 from ingest.sip import SipParseError, SipRequest, SipResponse, parse_message
 
 if TYPE_CHECKING:
@@ -165,12 +165,16 @@ class DrachtioFront:
             await self._ready.wait()
 
     async def send_request(self, request: OutboundRequest, timeout_s: float = 32.0) -> SipResponse:
-        """Send a new out-of-dialog request and return its final response (1xx are skipped).
+        """Send a new out-of-dialog request and return its final response (see `exchange`)."""
+        return (await self.exchange(request, timeout_s)).response
+
+    async def exchange(self, request: OutboundRequest, timeout_s: float = 32.0) -> ClientAnswer:
+        """Send a new out-of-dialog request; its final response (1xx are skipped) and where it came from.
 
         drachtio fills in Via, Max-Forwards, Call-ID, CSeq and the From tag unless given;
         `request.next_hop` goes in the outbound-proxy field. When no final response arrives within
-        `timeout_s` a 408 Request Timeout made up here is returned, just as drachtio's own Timer F
-        408 would be. Raises DrachtioConnectionError when there is no connection or it is lost
+        `timeout_s` a 408 Request Timeout made up here is returned (with no source), just as drachtio's
+        own Timer F 408 would be. Raises DrachtioConnectionError when there is no connection or it is lost
         before the answer, DrachtioCommandError when drachtio refuses the request (NOK, e.g.
         `invalid request-uri`), FrameTooLargeError when the request would not fit a frame.
         """
@@ -192,7 +196,7 @@ class DrachtioFront:
                 request.request_uri,
                 timeout_s,
             )
-            return timeout_response(request)
+            return ClientAnswer(timeout_response(request))
 
     async def __aenter__(self) -> Self:
         if self._tasks is not None or self._closed:

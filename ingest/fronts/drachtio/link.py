@@ -30,6 +30,7 @@ from ingest.fronts.drachtio.messages import (
     parse_server_message,
     response_payload,
 )
+from ingest.fronts.front import ClientAnswer
 from ingest.sip import SipParseError, SipResponse, parse_message
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Link:
         self._decoder = FrameDecoder()
         self._replies: dict[str, asyncio.Future[CommandReply]] = {}
         self._opening: set[str] = set()  # ids of new requests: their OK carries a transaction id
-        self._transactions: dict[str, asyncio.Future[SipResponse]] = {}  # our client transactions
+        self._transactions: dict[str, asyncio.Future[ClientAnswer]] = {}  # our client transactions
         self._answers: dict[str, str] = {}  # message id of an answer -> its transaction id, until OK/NOK
         self._answer_times: deque[tuple[float, str]] = deque()  # (sent at, message id), oldest first
         self._stuck = False
@@ -176,8 +177,12 @@ class Link:
             raise DrachtioCommandError(what, reply.status, reply.reason)
         return reply
 
-    async def final_response(self, transaction_id: str) -> SipResponse:
-        """Wait (no deadline of its own) for the first response >= 200 of our client transaction."""
+    async def final_response(self, transaction_id: str) -> ClientAnswer:
+        """Wait (no deadline of its own) for the first response >= 200 of our client transaction.
+
+        Its source is the leader's `<proto>|<addr>|<port>`, except on responses the stack made up (a
+        Timer F 408, a 503 for an unreachable target), which come with no address and port 0.
+        """
         future = self._transactions.get(transaction_id)
         if future is None:
             raise DrachtioConnectionError("drachtio connection lost before the request went out")
@@ -267,7 +272,10 @@ class Link:
         if response.status < 200:
             log.debug("drachtio provisional skipped txn=%s status=%d", delivery.transaction_id, response.status)
             return
-        future.set_result(response)
+        source = None
+        if delivery.source_address and delivery.source_port:
+            source = (delivery.protocol or "udp", delivery.source_address, delivery.source_port)
+        future.set_result(ClientAnswer(response, source))
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -290,7 +298,7 @@ class Link:
 
 
 def _fail(
-    futures: Iterable[asyncio.Future[CommandReply]] | Iterable[asyncio.Future[SipResponse]],
+    futures: Iterable[asyncio.Future[CommandReply]] | Iterable[asyncio.Future[ClientAnswer]],
     error: BaseException,
 ) -> None:
     for future in futures:

@@ -118,11 +118,12 @@ class ClientTransactions:
             while True:
                 self._send_udp(data, address)
                 remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    return timeout_response(message)
+                timer_f_first = remaining <= interval  # Timer F fires before the next Timer E
                 try:
-                    return await asyncio.wait_for(asyncio.shield(future), min(interval, remaining))
+                    return await asyncio.wait_for(asyncio.shield(future), max(0.0, min(interval, remaining)))
                 except TimeoutError:
+                    if timer_f_first:
+                        return timeout_response(message)  # the transaction ends: no copy goes out with the 408
                     interval = T2_S if branch in self._provisional else min(interval * 2, T2_S)
         finally:
             self._pending.pop(branch, None)

@@ -9,7 +9,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ingest.fronts.front import OutboundRequest, RequestHandler
+from ingest.fronts.front import ClientAnswer, OutboundRequest, RequestHandler
 from ingest.fronts.native.client import ClientTransactions
 from ingest.fronts.native.dispatch import Dispatcher, FrontStats
 from ingest.fronts.native.limits import ConnectionBound, FloodGuard, TrustedSources
@@ -157,6 +157,10 @@ class NativeFront:
 
     async def send_request(self, request: OutboundRequest, timeout_s: float = 32.0) -> SipResponse:
         return await self.client.send(request, timeout_s)
+
+    async def exchange(self, request: OutboundRequest, timeout_s: float = 32.0) -> ClientAnswer:
+        """`send_request`; the response's source is not recorded by the native client transactions."""
+        return ClientAnswer(await self.client.send(request, timeout_s))
 
     async def __aenter__(self) -> NativeFront:
         try:
