@@ -97,7 +97,18 @@ def redis_with_password(tmp_path: Path) -> Iterator[int]:
 @pytest.fixture
 def redis_cluster_node(tmp_path: Path) -> Iterator[int]:
     node = tmp_path / "cluster-node"
-    yield from start_redis(tmp_path, "cluster", "--cluster-enabled", "yes", "--cluster-config-file", f"{node}.conf")
+    # The cluster bus listens on a port of its own: by default the client port + 10000, past 65535 for a high
+    # ephemeral port (the server then exits), so it gets a free port of its own too.
+    yield from start_redis(
+        tmp_path,
+        "cluster",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        f"{node}.conf",
+        "--cluster-port",
+        str(free_port()),
+    )
 
 
 @pytest.fixture
