@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (apt) and starts on loopback what the sidecar and its tests need, where it is missing:
-# Redis, MariaDB, InfluxDB 1.x and sipp. Idempotent: a service already answering is left alone.
-# Usage: scripts/services.sh [--no-influx] [--no-sipp]
+# Redis, MariaDB, InfluxDB 1.x, sipp and socat. Idempotent: a service already answering is left alone.
+# Usage: scripts/services.sh [--no-influx] [--no-sipp] (--no-sipp: neither sipp nor socat, the tests' tools)
 set -euo pipefail
 
 want_influx=1
@@ -36,6 +36,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 if [ "$want_influx" = 1 ] && ! command -v influxd >/dev/null 2>&1; then missing+=(influxdb); fi
 if [ "$want_sipp" = 1 ] && ! command -v sipp >/dev/null 2>&1; then missing+=(sip-tester); fi
+# The two-SBC test forwards MySQL into its network namespaces with socat (a test tool, like sipp).
+if [ "$want_sipp" = 1 ] && ! command -v socat >/dev/null 2>&1; then missing+=(socat); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
