@@ -46,6 +46,7 @@ from projections.alerts import event_time_ns
 from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line
 from runtime.handling import Delivery, Outcome
 from runtime.metrics import Metrics
+from runtime.periodic import Periodic
 
 if TYPE_CHECKING:
     from runtime.services import Services, Worker
@@ -122,10 +123,11 @@ def count_users(members: Sequence[bytes | str]) -> tuple[int, Counter[str]]:
     return len(users), per_realm
 
 
-class RegistrationGauges:
+class RegistrationGauges(Periodic):
     """A Worker: every `interval_s`, the registered users and the servers, to metrics and InfluxDB."""
 
     name = "registration-gauges"
+    faults = (RedisError, OSError, TimeoutError)
 
     def __init__(
         self,
@@ -137,30 +139,15 @@ class RegistrationGauges:
         interval_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(interval_s)
         self.redis = redis
         self.names = names
         self.metrics = metrics
         self.writer = writer
-        self.interval_s = interval_s
         self.clock = clock
-        self.ready = asyncio.Event()
-        self._stop = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        self.ready.set()
-        while not self._stop.is_set():
-            try:
-                await self.sample()
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("registration gauges not sampled error=%s", exc)
-            try:
-                async with asyncio.timeout(self.interval_s):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
+    async def step(self) -> None:
+        await self.sample()
 
     async def sample(self) -> None:
         now_s = self.clock()

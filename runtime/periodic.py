@@ -11,12 +11,13 @@ log = logging.getLogger(__name__)
 
 
 class Periodic:
-    """Runs `step()` at once and then every `interval_s`; a Redis fault is logged and the next step tries again.
+    """Runs `step()` at once and then every `interval_s`; a fault (`faults`) is logged and the next step tries again.
 
     Subclasses set `name` and implement `step`; a stop ends the wait at once, never a step in progress.
     """
 
     name = "periodic"
+    faults: tuple[type[BaseException], ...] = (RedisError,)  # logged, and the next step tries again
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
@@ -34,7 +35,7 @@ class Periodic:
         while not self._stop.is_set():
             try:
                 await self.step()
-            except RedisError as exc:
+            except self.faults as exc:
                 log.warning("%s failed error=%s; trying again in %.1f s", self.name, exc, self.interval_s)
             try:
                 async with asyncio.timeout(self.interval_s):

@@ -418,13 +418,7 @@ class _Reader:
             return DEFAULT_TRUSTED_SOURCES
         if text.lower() == "none":
             return ()
-        cidrs = tuple(part.strip() for part in text.split(",") if part.strip())
-        for cidr in cidrs:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(name, f"{cidr!r} is not a CIDR") from None
-        return cidrs
+        return _cidr_list(name, text)
 
     def auth_throttle(self) -> AuthThrottleSettings:
         enabled = (self.raw("SIDECAR_AUTH_THROTTLE") or "on").lower()
@@ -445,14 +439,7 @@ class _Reader:
 
     def cidrs(self) -> tuple[str, ...]:
         name = "JAMBONES_NETWORK_CIDR"
-        text = self.text(name, DEFAULT_NETWORK_CIDR)
-        cidrs = tuple(part.strip() for part in text.split(",") if part.strip())
-        for cidr in cidrs:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(name, f"{cidr!r} is not a CIDR") from None
-        return cidrs
+        return _cidr_list(name, self.text(name, DEFAULT_NETWORK_CIDR))
 
     def eventlog(self) -> EventLogSettings:
         return EventLogSettings(
@@ -571,3 +558,14 @@ class _Reader:
             enable_metrics=self.raw("ENABLE_METRICS") == "1",
             statsd=self.statsd(),
         )
+
+
+def _cidr_list(name: str, text: str) -> tuple[str, ...]:
+    """A comma-separated list of CIDRs, each checked; the variable is named when one is not a CIDR."""
+    cidrs = tuple(part.strip() for part in text.split(",") if part.strip())
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(name, f"{cidr!r} is not a CIDR") from None
+    return cidrs

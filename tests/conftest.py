@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -124,3 +126,16 @@ def base_env(cluster_id: str, database: str) -> dict[str, str]:
         "JAMBONES_LOGLEVEL": "info",
         "SBC_SOCKET_PATH": f"/tmp/sbc-sidecar-test-{cluster_id}.sock",
     }
+
+
+def sidecar_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`sbc-sidecar <args>` in its own process, with the given settings on top of this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args],
+        env={**os.environ, **env},
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -14,8 +14,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,7 +34,7 @@ from events.streams import GROUP_PROCESSORS
 from projections.history import describe_step, load_history
 from projections.snapshot import SnapshotTaker
 from runtime import app
-from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, base_env, free_port
+from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, base_env, free_port, sidecar_cli
 from tests.e2e import jambonz
 from tests.e2e.conftest import Sidecar, projected, run_sipp, start_sidecar, stop_sidecar
 from tests.e2e.jambonz import WEBHOOK_SECRET, AuthWebhook, populate
@@ -302,19 +300,6 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-def sidecar_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`sbc-sidecar <args>` in its own process, with the sidecar's environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 # --- 1. clients authentication (SPEC 2.7) ----------------------------------------------------------

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +27,7 @@ from projections.archive import ArchivedStep, HistoryArchive, HistoryArchiver, i
 from projections.history import HistoryProjection, describe_step, load_history, with_times
 from runtime.redis_scripts import scripts_used
 from runtime.settings import MysqlSettings, Secret
-from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, base_env
+from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, base_env, sidecar_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 AOR = "phone@archive.example.com"
@@ -240,18 +237,6 @@ async def test_the_archiver_worker_runs_rounds_with_its_clock(
         await task
     assert await redis.exists(names.history(AOR)) == 0
     assert worker.metrics()["moved"] == len(await rows(pool)) >= 3 and worker.metrics()["failures"] == 0
-
-
-def sidecar_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 async def test_history_tells_archive_and_redis_as_one_story_within_bounds(
