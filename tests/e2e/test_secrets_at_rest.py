@@ -82,8 +82,9 @@ async def test_no_digest_response_is_stored_or_logged(
             uac.close()
     assert statuses == [200, 403, 200]  # a wrong password is no more stored than the right ones
     stored = await everything_stored(redis, cluster_id, home)
-    assert b"RegisterReceived" in stored and b"sealed_authorization" in stored  # the requests were scanned
+    assert stored.count(b"RegisterReceived") >= 6  # every request entry was scanned
     for response in responses:
         assert response.encode() not in stored
         assert all(response not in record.getMessage() for record in caplog.records)
     assert b'"response"' not in stored and b'"cnonce"' not in stored
+    assert stored.count(b"sealed_authorization") == 3  # the three credentialed REGISTERs, sealed
