@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from runtime.periodic import Periodic
+from runtime.redis_scripts import Script
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,18 @@ def _id(value: bytes | str) -> tuple[int, int]:
 
 def _text(value: tuple[int, int]) -> str:
     return f"{value[0]}-{value[1]}"
+
+
+# The id of the N-th entry before an id, when there are more than N (else nil): only the id crosses the wire,
+# not the N entries.
+OLDEST_OF_LAST = Script(
+    "workqueue-oldest-of-last",
+    """
+local entries = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', tonumber(ARGV[2]) + 1)
+if #entries <= tonumber(ARGV[2]) then return false end
+return entries[tonumber(ARGV[2])][1]
+""",
+)
 
 
 class WorkQueueTrimmer(Periodic):
@@ -109,9 +122,12 @@ class WorkQueueTrimmer(Periodic):
             return 0
         keep_from = min(needed, (int((self.clock() - self.grace_s) * 1000), 0))
         # Never more than grace_max consumed entries: the grace_max-th before `needed` is the oldest kept.
-        older: Any = await self.redis.xrevrange(stream, max=f"({_text(needed)}", min="-", count=self.grace_max + 1)
-        if len(older) > self.grace_max:
-            keep_from = max(keep_from, _id(older[self.grace_max - 1][0]) if self.grace_max else needed)
+        if self.grace_max == 0:
+            keep_from = needed
+        else:
+            oldest_kept = await OLDEST_OF_LAST.run(self.redis, (stream,), (f"({_text(needed)}", self.grace_max))
+            if oldest_kept:
+                keep_from = max(keep_from, _id(oldest_kept))  # type: ignore[arg-type]
         removed = int(await self.redis.xtrim(stream, minid=_text(keep_from), approximate=False))
         self.trimmed += removed
         return removed
