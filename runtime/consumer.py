@@ -30,13 +30,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
 from events import Event, EventDecodeError
 from runtime.eventlog import EventLog
-from runtime.handling import ConcurrentHandler, Delivery, Outcome, Step
+from runtime.handling import BatchHandler, ConcurrentHandler, Delivery, Outcome, Step
 from runtime.redis_scripts import scripts_used
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Consumer:
         eventlog: EventLog,
         stream: str | Sequence[str],
         group: str,
-        handler: Any,
+        handler: BatchHandler | ConcurrentHandler,
         *,
         name: str | None = None,
         block_ms: int | None = None,
@@ -361,7 +361,7 @@ class Consumer:
             return 0
         results: Sequence[Outcome | BaseException] = []
         if batch.deliveries:
-            results = await self.handler.handle(batch.deliveries)
+            results = await cast(BatchHandler, self.handler).handle(batch.deliveries)  # (ConcurrentConsumer: never)
             if len(results) != len(batch.deliveries):
                 raise RuntimeError(
                     f"handler of {self.group} returned {len(results)} results for {len(batch.deliveries)} deliveries"
