@@ -180,14 +180,19 @@ class Registrar:
             steps.append(Outcome())
         if not live:
             return steps
+        throttle = self._policy.throttle
+        throttle_keys = [
+            throttle.keys(request.source_ip, request.aor) if throttle is not None and request.aor is not None else ()
+            for _, _, request in live
+        ]
         try:
-            stored = await self._batch_read([request for _, _, request in live])
+            stored = await self._batch_read([request for _, _, request in live], throttle_keys)
         except StoreUnavailable as exc:
             for i, _, _ in live:
                 steps[i] = exc
             return steps
-        for i, delivery, request in live:
-            steps[i] = self._first_step(delivery, request, stored)
+        for (i, delivery, request), keys in zip(live, throttle_keys, strict=True):
+            steps[i] = self._first_step(delivery, request, stored, keys)
         return steps
 
     def _opened(self, request: RegisterReceived) -> RegisterReceived:
@@ -223,16 +228,16 @@ class Registrar:
                 results[i] = result
         return results
 
-    async def _batch_read(self, requests: Sequence[RegisterReceived]) -> dict[str, bytes | str]:
+    async def _batch_read(
+        self, requests: Sequence[RegisterReceived], throttle_keys: Sequence[tuple[str, ...]]
+    ) -> dict[str, bytes | str]:
         """One MGET for every `user:<aor>` the batch may answer from the cache and every throttle key
         (failures, strikes, blocks of each source IP and AOR); key → value of those present."""
         keys = {user_key(aor) for r in requests if (aor := cached_binding_aor(r)) is not None}
-        throttle = self._policy.throttle
-        if throttle is not None:
-            keys.update(key for r in requests if r.aor is not None for key in throttle.keys(r.source_ip, r.aor))
+        keys.update(key for request_keys in throttle_keys for key in request_keys)
         if not keys:
             return {}
-        ordered = sorted(keys)
+        ordered = list(keys)
         try:
             async with asyncio.timeout(self._config.store_timeout_s):
                 values = await self._mget(ordered)
@@ -240,13 +245,17 @@ class Registrar:
             raise StoreUnavailable(f"reading cached bindings failed: {type(exc).__name__}") from exc
         return {key: value for key, value in zip(ordered, values, strict=True) if value is not None}
 
-    def _first_step(self, delivery: Delivery, request: RegisterReceived, stored: dict[str, bytes | str]) -> Step:
+    def _first_step(
+        self,
+        delivery: Delivery,
+        request: RegisterReceived,
+        stored: dict[str, bytes | str],
+        throttle_keys: tuple[str, ...],
+    ) -> Step:
         aor = cached_binding_aor(request)
         facts = Facts(binding=parse_stored_binding(stored.get(user_key(aor))) if aor else None)
-        throttle = self._policy.throttle
-        if throttle is not None and request.aor is not None:
-            state = ThrottleState.of([stored.get(key) for key in throttle.keys(request.source_ip, request.aor)])
-            facts = facts.having(throttle=state)
+        if throttle_keys:
+            facts = facts.having(throttle=ThrottleState.of([stored.get(key) for key in throttle_keys]))
         now_ms = int(self._clock() * 1000)
         step = decide(request, facts, self._policy, now_ms=now_ms, causation_id=delivery.entry_id)
         if step is Need.ACCOUNT:  # usually cached: decided without a task
