@@ -77,10 +77,8 @@ def _regbot(services: Services) -> list[Worker]:
 
     assert services.mysql is not None
     settings, names = services.settings, services.names
-    host = settings.time_series_host
-    influx = (host if host.startswith("http") else f"http://{host}:8086") if host else None
     answers = RegbotAnswers(services.redis, names, policy_of(settings), services.clock)
-    projection = CarriersProjection(services.mysql, services.http, influx)
+    projection = CarriersProjection(services.mysql, services.time_series)
     return [
         Regbot(settings, services.redis, services.mysql, services.eventlog, services.clock),
         Consumer(services.eventlog, names.carriers, GROUP_REGBOT, answers),
@@ -93,15 +91,12 @@ def _pinger(services: Services) -> list[Worker]:
     from events.pinger import GROUP_GATEWAY_BLACKLIST_PROJECTION, GROUP_PINGER
     from processors.pinger import PingAnswers, Pinger, ping_policy_of
     from projections.gateway_blacklist import GatewayBlacklistProjection
-    from projections.timeseries import InfluxV1Writer, influx_base_url
     from runtime.consumer import Consumer
 
     assert services.mysql is not None
     settings, names = services.settings, services.names
-    host = settings.time_series_host
-    writer = InfluxV1Writer(services.http, influx_base_url(host)) if host and services.http is not None else None
     answers = PingAnswers(services.redis, names, ping_policy_of(settings))
-    projection = GatewayBlacklistProjection(services.mysql, writer)
+    projection = GatewayBlacklistProjection(services.mysql, services.time_series)
     return [
         Pinger(settings, services.mysql, services.eventlog, services.clock),
         Consumer(services.eventlog, names.carriers, GROUP_PINGER, answers),

@@ -4,7 +4,8 @@
   callId, timestamp, expires), the last writer of a carrier's gateways winning;
 - `eph-gw-ip:<ip>` hashes for reg trunks: carrier sid → expiry in unix seconds, key EX 7200; fields deleted
   when the registration stops;
-- at the failure threshold: `requires_register = 0` or `is_active = 0` and the InfluxDB alert.
+- at the failure threshold: `requires_register = 0` or `is_active = 0` and the InfluxDB alert (through the
+  process's `TimeSeriesWriter`, v1 or 2.x).
 
 It needs MySQL, so it runs with the processors. MySQL and InfluxDB writes happen before the ack; a failed
 write leaves the batch pending to be retried, and every write is idempotent.
@@ -17,7 +18,6 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-import aiohttp
 import aiomysql
 import pymysql
 
@@ -31,6 +31,8 @@ from events import (
 )
 from events.streams import eph_gw_ip_key
 from processors.regbot.config import query
+from projections.alerts import DATABASE, MEASUREMENT, event_time_ns
+from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line
 from runtime.handling import Delivery, Outcome, RedisCommand
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,6 @@ def eph_gw_ip_writes(event: Event) -> list[RedisCommand]:
     return []
 
 
-def _escape_tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
 def alert_line(event: CarrierRegistrationDisabled | CarrierDeactivated) -> str:
     """SPEC 5.3: no alert_type; tags account_sid and service_provider_sid; the original's message."""
     if isinstance(event, CarrierDeactivated):
@@ -90,25 +88,15 @@ def alert_line(event: CarrierRegistrationDisabled | CarrierDeactivated) -> str:
     else:
         message = f"Disabling Outbound Registration for carrier {event.carrier_name} (sid:{event.voip_carrier_sid})"
     tags = {"account_sid": event.account_sid, "service_provider_sid": event.service_provider_sid}
-    parts = ["alerts", *(f"{k}={_escape_tag(v)}" for k, v in sorted(tags.items()) if v)]
-    field = '"' + message.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    timestamp_ns = int(event.occurred_at.timestamp() * 1_000_000) * 1000
-    return f"{','.join(parts)} message={field} {timestamp_ns}"
+    return line(MEASUREMENT, tags, {"message": message}, event_time_ns(event))
 
 
 class CarriersProjection:
     """A BatchHandler over `carriers` (see the module docstring)."""
 
-    def __init__(
-        self,
-        mysql: aiomysql.Pool,
-        http: aiohttp.ClientSession | None = None,
-        influx_url: str | None = None,
-    ) -> None:
+    def __init__(self, mysql: aiomysql.Pool, writer: TimeSeriesWriter | None = None) -> None:
         self.mysql = mysql
-        self.http = http
-        self.influx_url = influx_url.rstrip("/") if influx_url else None
-        self._database_ready = False
+        self.writer = writer  # None: alerts are off (no JAMBONES_TIME_SERIES_HOST)
         self.statuses_written = 0
         self.alerts_written = 0
 
@@ -126,12 +114,13 @@ class CarriersProjection:
             if isinstance(event, CarrierRegistrationDisabled | CarrierDeactivated):
                 alerts.append(alert_line(event))
             results.append(Outcome(writes=eph_gw_ip_writes(event)))
-        if alerts:
+        if alerts and self.writer is not None:
             try:
-                await self._write_alerts(alerts)
-            except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+                await self.writer.write(DATABASE, alerts)
+            except TimeSeriesUnavailable as exc:
                 log.warning("carrier alerts not written, will retry count=%d error=%s", len(alerts), exc)
                 return [exc for _ in deliveries]
+            self.alerts_written += len(alerts)
         return results
 
     async def _apply_mysql(self, event: Event) -> None:
@@ -144,23 +133,3 @@ class CarriersProjection:
         elif isinstance(event, CarrierDeactivated):
             await query(self.mysql, DEACTIVATE_SQL, (event.voip_carrier_sid,))
             log.warning("carrier deactivated after registration errors carrier=%s", event.voip_carrier_sid)
-
-    async def _write_alerts(self, lines: list[str]) -> None:
-        if self.http is None or self.influx_url is None:
-            return  # alerts are off without JAMBONES_TIME_SERIES_HOST
-        timeout = aiohttp.ClientTimeout(total=5)
-        if not self._database_ready:
-            async with self.http.post(
-                f"{self.influx_url}/query", params={"q": "CREATE DATABASE alerts"}, timeout=timeout
-            ) as response:
-                response.raise_for_status()
-            self._database_ready = True
-        async with self.http.post(
-            f"{self.influx_url}/write",
-            params={"db": "alerts", "precision": "ns"},
-            data="\n".join(lines).encode(),
-            timeout=timeout,
-        ) as response:
-            if response.status >= 300:
-                raise RuntimeError(f"influxdb answered {response.status}")
-        self.alerts_written += len(lines)

@@ -176,13 +176,11 @@ def build(services: Services) -> list[Worker]:
     outage holds back nothing else) and the gauges; without `JAMBONES_TIME_SERIES_HOST`, the gauges alone."""
     from events.streams import GROUP_ALERTS_PROJECTION
     from projections.alerts import AlertsProjection
-    from projections.timeseries import InfluxV1Writer, influx_base_url
     from runtime.consumer import Consumer
     from runtime.handling import Fanout
 
     settings = services.settings
-    host = settings.time_series_host
-    writer = InfluxV1Writer(services.http, influx_base_url(host)) if host and services.http is not None else None
+    writer = services.time_series
     gauges = RegistrationGauges(services.redis, services.names, services.metrics, writer)
     if writer is None:
         return [gauges]

@@ -7,7 +7,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 
 import aiomysql
 
@@ -84,6 +84,8 @@ async def run(
     settings: Settings, roles: Sequence[str] = ROLES, *, stop: asyncio.Event | None = None, tune_gc: bool = False
 ) -> None:
     """Runs until SIGTERM/SIGINT (or `stop` is set), then stops: ingest first, projections last."""
+    from projections.timeseries import open_time_series
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
@@ -97,8 +99,12 @@ async def run(
         await check_redis(redis, settings.redis)  # a store that cannot serve is named in one line (exit 2)
         needs_mysql = "processors" in roles
         mysql = await open_mysql_checked(stack, settings.mysql, "JAMBONES_MYSQL") if needs_mysql else None
-        needs_http = "projections" in roles  # the InfluxDB alerts
+        # InfluxDB: the alerts and stats (projections), the carrier and gateway alerts (processors)
+        needs_http = "projections" in roles or "processors" in roles
         http = await stack.enter_async_context(open_http(settings.http_user_agent)) if needs_http else None
+        time_series = await stack.enter_async_context(
+            open_time_series(settings, http) if needs_http else nullcontext(None)
+        )
         statsd = await stack.enter_async_context(StatsdClient(settings.statsd)) if settings.enable_metrics else None
         metrics = Metrics(statsd)
         # The webhook request names its User-Agent itself; its calls are timed into the metrics.
@@ -109,7 +115,9 @@ async def run(
         codec = default_codec()
         eventlog = EventLog(redis, codec, names, settings.eventlog, resp_link_settings(settings.redis))
         stack.callback(eventlog.close)
-        services = Services(settings, redis, mysql, http, codec, names, eventlog, webhooks, metrics=metrics)
+        services = Services(
+            settings, redis, mysql, http, codec, names, eventlog, webhooks, metrics=metrics, time_series=time_series
+        )
         await _wait_stores(services)
         builders = role_builders()
         staged: list[list[Worker]] = [builders[role](services) for role in ROLES if role in roles]

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 import aiomysql
@@ -17,6 +17,9 @@ from runtime.eventlog import EventLog
 from runtime.metrics import Metrics
 from runtime.settings import Settings
 from runtime.webclient import HttpClient
+
+if TYPE_CHECKING:
+    from projections.timeseries import TimeSeriesWriter
 
 
 class Worker(Protocol):
@@ -49,3 +52,4 @@ class Services:
     webhooks: HttpClient | None = None  # the registration webhook's keep-alive client (processors)
     clock: Clock = field(default=time.time)
     metrics: Metrics = field(default_factory=Metrics)  # Prometheus families and StatsD
+    time_series: TimeSeriesWriter | None = None  # InfluxDB (v1 or 2.x API); None: alerts and stats are off

@@ -132,6 +132,20 @@ class StatsdSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class InfluxV2Settings:
+    """InfluxDB 2.x's write API, chosen by SIDECAR_TIME_SERIES_TOKEN (the URL is JAMBONES_TIME_SERIES_HOST).
+
+    jambonz 1.x writes databases; 2.x writes buckets of an org. Each database goes to the bucket of the same
+    name unless its bucket setting names another one (None: the database's name).
+    """
+
+    token: Secret
+    org: str
+    alerts_bucket: str | None = None  # SIDECAR_TIME_SERIES_ALERTS_BUCKET, for database `alerts`
+    stats_bucket: str | None = None  # SIDECAR_TIME_SERIES_STATS_BUCKET, for database `sbc_sidecar`
+
+
+@dataclass(frozen=True, slots=True)
 class AuthThrottleSettings:
     """Brute-force throttling of the registrar (SIDECAR_AUTH_*): failed authentications that lead to a block."""
 
@@ -171,6 +185,7 @@ class Settings:
     drachtio: DrachtioSettings | None = None
     mysql_write: MysqlSettings | None = None
     time_series_host: str | None = None
+    influx_v2: InfluxV2Settings | None = None  # set: InfluxDB 2.x's API at time_series_host; unset: the v1 API
     log_level: str = "info"
     node_env: str | None = None
     legacy_crypto: bool = False
@@ -420,6 +435,28 @@ class _Reader:
             return ()
         return _cidr_list(name, text)
 
+    def influx_v2(self) -> InfluxV2Settings | None:
+        """InfluxDB 2.x when SIDECAR_TIME_SERIES_TOKEN is set: it needs the host and the org; buckets are optional."""
+        token_name, org_name = "SIDECAR_TIME_SERIES_TOKEN", "SIDECAR_TIME_SERIES_ORG"
+        bucket_names = ("SIDECAR_TIME_SERIES_ALERTS_BUCKET", "SIDECAR_TIME_SERIES_STATS_BUCKET")
+        token = self.raw(token_name)
+        if token is None:
+            for name in (org_name, *bucket_names):
+                if self.raw(name) is not None:
+                    raise ConfigError(token_name, f"is required with {name} (InfluxDB 2.x)")
+            return None
+        if self.raw("JAMBONES_TIME_SERIES_HOST") is None:
+            raise ConfigError("JAMBONES_TIME_SERIES_HOST", f"is required with {token_name}")
+        org = self.required(org_name, f" with {token_name}")
+        alerts_bucket, stats_bucket = (self.bucket(name) for name in bucket_names)
+        return InfluxV2Settings(token=Secret(token), org=org, alerts_bucket=alerts_bucket, stats_bucket=stats_bucket)
+
+    def bucket(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is not None and value.startswith("_"):
+            raise ConfigError(name, f"must not start with '_' (InfluxDB's system buckets), got {value!r}")
+        return value
+
     def auth_throttle(self) -> AuthThrottleSettings:
         enabled = (self.raw("SIDECAR_AUTH_THROTTLE") or "on").lower()
         if enabled not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
@@ -519,6 +556,7 @@ class _Reader:
             eventlog=eventlog,
             encryption_secret=Secret(secret),
             time_series_host=self.raw("JAMBONES_TIME_SERIES_HOST"),
+            influx_v2=self.influx_v2(),
             log_level=log_level,
             node_env=self.raw("NODE_ENV"),
             legacy_crypto=self.flag("LEGACY_CRYPTO"),
