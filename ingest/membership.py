@@ -274,12 +274,12 @@ class SbcStatus:
 
 async def read_sbcs(redis: Redis, names: StreamNames) -> list[SbcStatus]:
     """Every SBC that announced itself and is not forgotten yet, live ones first, most recently seen first."""
+    seconds, micros = await redis.time()  # alone: a Redis Cluster client pipelines no TIME
     pipe = redis.pipeline(transaction=False)
-    pipe.time()
     pipe.zrange(names.sbc_seen, 0, -1, withscores=True)
     pipe.hgetall(names.sbc_details)
     pipe.hgetall(names.sbc_cleaned)
-    (seconds, micros), seen, details, cleaned = await pipe.execute()
+    seen, details, cleaned = await pipe.execute()
     now_ms = seconds * 1000 + micros // 1000
     ids = [_text(member) for member, _ in seen]
     pipe = redis.pipeline(transaction=False)

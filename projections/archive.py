@@ -157,14 +157,14 @@ class HistoryArchive:
     async def move(self, cutoff_ms: int) -> int:
         """Moves every step scored before `cutoff_ms`, key by key; returns how many."""
         moved = 0
-        cursor: int = 0
+        # scan_iter: on a Redis Cluster it scans every master (a SCAN cursor is one node's)
+        keys = self.redis.scan_iter(match=self.names.history_pattern, count=SCAN_COUNT)
         while True:
             async with asyncio.timeout(QUERY_TIMEOUT_S):
-                cursor, keys = await self.redis.scan(cursor, match=self.names.history_pattern, count=SCAN_COUNT)
-            for key in keys:
-                moved += await self.move_key(_text(key), cutoff_ms)
-            if cursor == 0:
+                key = await anext(keys, None)
+            if key is None:
                 return moved
+            moved += await self.move_key(_text(key), cutoff_ms)
 
     async def move_key(self, key: str, cutoff_ms: int) -> int:
         aor = key[len(self.key_prefix) :]

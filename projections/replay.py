@@ -16,7 +16,7 @@ import time
 
 from events import RegistrationExpired, RegistrationGranted, RegistrationRemoved, StreamNames, user_key
 from events.streams import ACTIVE_USER_KEY
-from projections.registrations import APPLY_SCRIPT, RegistrationsProjection
+from projections.registrations import APART_SCRIPTS, APPLY_SCRIPT, RegistrationsProjection
 from projections.snapshot import load_snapshot
 from runtime.eventlog import EventLog
 
@@ -47,8 +47,9 @@ async def replay_registrations(eventlog: EventLog, clock: object = time.time) ->
                 pipe.zadd(names.expiry_due, {binding.aor: binding.expiry_ms})
                 live[binding.aor] = True
             await pipe.execute()
-    projection = RegistrationsProjection(names, clock, replay=True)  # type: ignore[arg-type]
-    await redis.execute_command("SCRIPT", "LOAD", APPLY_SCRIPT.source)
+    projection = RegistrationsProjection(names, clock, replay=True, apart=eventlog.cluster)  # type: ignore[arg-type]
+    for script in (APPLY_SCRIPT, *APART_SCRIPTS):
+        await redis.execute_command("SCRIPT", "LOAD", script.source)
     for start in range(0, len(stored), CHUNK):
         pipe = redis.pipeline(transaction=False)
         for item in stored[start : start + CHUNK]:

@@ -21,6 +21,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from events import StreamNames, user_key
+from runtime.connections import is_cluster_client
 from runtime.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,15 @@ async def take_snapshot(redis: Redis, names: StreamNames, now_ms: int) -> Snapsh
 
 async def _bindings(redis: Redis, names: StreamNames, due: list[tuple[str, int]]) -> list[Binding]:
     aors = [aor for aor, _ in due]
-    pipe = redis.pipeline(transaction=False)
-    pipe.hmget(names.registration_versions, aors)
-    pipe.mget([user_key(aor) for aor in aors])
-    versions, records = await pipe.execute()
+    keys = [user_key(aor) for aor in aors]
+    if is_cluster_client(redis):  # the records are in slots of their own, not the partition's
+        versions = await redis.hmget(names.registration_versions, aors)
+        records = await redis.mget_nonatomic(keys)  # type: ignore[attr-defined]
+    else:
+        pipe = redis.pipeline(transaction=False)
+        pipe.hmget(names.registration_versions, aors)
+        pipe.mget(keys)
+        versions, records = await pipe.execute()
     return [
         Binding(aor, _text(version), expiry_ms, _text(record))
         for (aor, expiry_ms), version, record in zip(due, versions, records, strict=True)

@@ -130,12 +130,14 @@ def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 async def _replay(settings: StreamSettings, projection: str) -> int:
     from events import StreamNames, default_codec
     from projections.replay import replay_registrations
-    from runtime.connections import open_redis
+    from runtime.connections import open_redis, resp_link_settings
     from runtime.eventlog import EventLog
 
     assert projection == "registrations"  # the parser's only choice
     async with open_redis(settings.redis) as redis:
-        eventlog = EventLog(redis, default_codec(), StreamNames(settings.eventlog.cluster_id), settings.eventlog)
+        names = StreamNames(settings.eventlog.cluster_id)
+        link = resp_link_settings(settings.redis)
+        eventlog = EventLog(redis, default_codec(), names, settings.eventlog, link)
         try:
             result = await replay_registrations(eventlog)
         finally:

@@ -11,7 +11,11 @@ from typing import Any
 import aiohttp
 import aiomysql
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from runtime.resp import LinkSettings
 from runtime.settings import MysqlSettings, RedisSettings
@@ -29,6 +33,60 @@ def _redis_tls(settings: RedisSettings) -> dict[str, Any]:
         "ssl_keyfile": settings.tls_key_file,
         "ssl_cert_reqs": "required" if settings.tls_ca_file else "none",
     }
+
+
+def _common(settings: RedisSettings) -> dict[str, Any]:
+    return {
+        "username": settings.username,
+        "password": settings.password.reveal() if settings.password else None,
+        "socket_connect_timeout": 5,
+        **_redis_tls(settings),
+    }
+
+
+def probe_client(settings: RedisSettings) -> Redis:
+    """A client of the one node the settings name (not through Sentinel) that tries once and does no health
+    check: a refused AUTH is an answer at once, where redis-py's retries would turn it into a wait."""
+    return Redis(
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        **_common(settings),
+    )
+
+
+async def is_cluster(settings: RedisSettings) -> bool:
+    """Whether the node the settings name is a Redis Cluster node (`INFO cluster`); False when it cannot tell
+    (down, refused: the start-up check names that). Sentinel never leads to a Cluster."""
+    if settings.sentinels:
+        return False
+    probe = probe_client(settings)
+    try:
+        info = await probe.info("cluster")
+    except (RedisError, OSError):
+        return False
+    finally:
+        await probe.aclose()
+    return int(info.get("cluster_enabled", 0) or 0) == 1
+
+
+def is_cluster_client(redis: object) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def cluster_client(settings: RedisSettings, *, max_connections: int = 64) -> Redis:
+    """A Redis Cluster client from any node's address. Typed as `Redis`: it answers every command this service
+    sends through redis-py (pipelines and transactions of one slot included), each routed to its slot's master."""
+    client = RedisCluster(
+        host=settings.host,
+        port=settings.port,
+        max_connections=max_connections,
+        require_full_coverage=False,  # a master down makes its slots fail, not the whole client
+        **_common(settings),
+    )
+    return client  # type: ignore[return-value]
 
 
 def redis_client(settings: RedisSettings, *, max_connections: int = 64) -> Redis:
@@ -83,7 +141,8 @@ def resp_link_settings(settings: RedisSettings) -> LinkSettings | None:
 
 @asynccontextmanager
 async def open_redis(settings: RedisSettings) -> AsyncIterator[Redis]:
-    client = redis_client(settings)
+    """The client for the settings: a Redis Cluster client when the node named is one, found out by asking it."""
+    client = cluster_client(settings) if await is_cluster(settings) else redis_client(settings)
     try:
         yield client
     finally:

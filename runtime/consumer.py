@@ -375,7 +375,7 @@ class Consumer:
         commands: list[Sequence[object]] = []
         acked: dict[str, list[str]] = {}
         failed = 0
-        append = self.log.append_command
+        append = self.log.append_commands
         local_sink = self.log.local_sink
         local: list[tuple[Callable[[Event], None], Event]] = []
         for delivery, result in zip(batch.deliveries, results, strict=True):
@@ -397,7 +397,7 @@ class Consumer:
             for stream, event in result.appends:
                 sink = local_sink(stream)
                 if sink is None:
-                    commands.append(append(stream, event))
+                    commands.extend(append(stream, event))
                 else:
                     local.append((sink, event))
             commands.extend(result.writes)

@@ -18,6 +18,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from events import Event, EventCodec, StreamNames
 from events.codec import FIELD_DATA, FIELD_TYPE, FIELD_VERSION
+from runtime.cluster import ClusterLinks
+from runtime.connections import is_cluster_client
 from runtime.errors import StoreUnavailable
 from runtime.redis_scripts import Script
 from runtime.resp import LinkSettings, RespLink
@@ -43,7 +45,7 @@ RawEntry = tuple[bytes, dict[bytes, bytes]]
 class StreamReader:
     """Blocking stream reads on a connection of their own (one per consumer or reply reader)."""
 
-    def __init__(self, redis: Redis, link: RespLink | None) -> None:
+    def __init__(self, redis: Redis, link: RespLink | ClusterLinks | None) -> None:
         self._redis = redis
         self._link = link
 
@@ -101,16 +103,17 @@ def retention_min_id(retention_s: int, now_ms: int | None = None) -> str:
     return f"{max(now_ms - retention_s * 1000, 0)}-0"
 
 
-# Given an event's XADD command and the event: a command that appends it and writes what must be visible
-# with it (a script call), or None for the plain XADD.
-InlineProjection = Callable[[Sequence[object], Event], Sequence[object] | None]
+# Given an event's XADD command and the event: the commands that append it and write what must be visible
+# with it (a script call; on a Redis Cluster, the writes of other slots beside it), or None for the plain XADD.
+InlineProjection = Callable[[Sequence[object], Event], Sequence[Sequence[object]] | None]
 
 
 class EventLog:
     """Appends events to streams and reads them back; owns trimming and consumer groups.
 
     With `link` settings, the hot path (appends, commits, blocking reads) goes over lean hiredis
-    connections (runtime/resp.py); without (e.g. Redis Sentinel), over redis-py.
+    connections (runtime/resp.py); without (e.g. Redis Sentinel), over redis-py. With a Redis Cluster client,
+    `link` is any node of the cluster and the lean connections are routed by slot (runtime/cluster.py).
     """
 
     def __init__(
@@ -126,7 +129,12 @@ class EventLog:
         self.names = names
         self.settings = settings
         self._link_settings = link
-        self._link = RespLink(link) if link is not None else None
+        if is_cluster_client(redis) and link is None:
+            raise ValueError("an event log on a Redis Cluster needs the link settings of a node")
+        self._cluster = ClusterLinks(link) if link is not None and is_cluster_client(redis) else None
+        self._link: RespLink | ClusterLinks | None = self._cluster
+        if self._link is None and link is not None:
+            self._link = RespLink(link)
         self._readers: list[StreamReader] = []
         self._local: dict[str, Callable[[Event], None]] = {}
         self._inline: dict[str, InlineProjection] = {}
@@ -150,20 +158,30 @@ class EventLog:
         the XADD together with the read-model writes that must be visible when the commit is (DESIGN 6)."""
         self._inline[stream] = projection
 
-    def append_command(self, stream: str, event: Event) -> Sequence[object]:
-        """The command that appends `event` in a commit: its XADD, or the inline projection's command."""
+    def append_commands(self, stream: str, event: Event) -> Sequence[Sequence[object]]:
+        """The commands that append `event` in a commit: its XADD, or the inline projection's commands."""
         xadd = self.xadd_command(stream, event)
         projection = self._inline.get(stream)
         if projection is None:
-            return xadd
-        return projection(xadd, event) or xadd
+            return (xadd,)
+        return projection(xadd, event) or (xadd,)
+
+    @property
+    def cluster(self) -> bool:
+        """Whether Redis is a Cluster: the keys jambonz reads are then written apart from a commit's MULTI."""
+        return self._cluster is not None
 
     def local_sink(self, stream: str) -> Callable[[Event], None] | None:
         return self._local.get(stream)
 
     def blocking_reader(self) -> StreamReader:
         """A reader with its own connection; closed by its owner, or at the latest by `close`."""
-        reader = StreamReader(self.redis, RespLink(self._link_settings) if self._link_settings else None)
+        link: RespLink | ClusterLinks | None = None
+        if self._cluster is not None:
+            link = self._cluster.dedicated()
+        elif self._link_settings is not None:
+            link = RespLink(self._link_settings)
+        reader = StreamReader(self.redis, link)
         self._readers.append(reader)
         return reader
 
@@ -173,6 +191,9 @@ class EventLog:
         MULTI does not roll back a NOSCRIPT error, so every script is loaded in the same
         transaction that uses it (once per batch: cheap next to the batch itself).
         """
+        if self._cluster is not None:
+            await self._cluster.commit(commands, [(s.sha, s.source) for s in scripts])
+            return
         if self._link is not None:
             await self._link.transaction(commands, [s.source for s in scripts])
             return
@@ -185,6 +206,8 @@ class EventLog:
 
     async def read_keys(self, keys: list[str]) -> list[Any]:
         """MGET over the hot-path link: values of keys the projections keep (None where absent)."""
+        if self._cluster is not None:
+            return await self._cluster.mget(keys)
         if self._link is None:
             values: list[Any] = await self.redis.mget(keys)
             return values

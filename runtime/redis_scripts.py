@@ -43,3 +43,14 @@ def scripts_used(commands: Sequence[Sequence[object]]) -> list[Script]:
             if sha not in seen and sha in _BY_SHA:
                 seen[sha] = _BY_SHA[sha]
     return list(seen.values())
+
+
+async def run_scripts(redis: object, commands: Sequence[Sequence[object]]) -> list[object]:
+    """Runs commands (EVALSHA among them) in one pipeline outside a batch, the scripts loaded first (on a Redis
+    Cluster, SCRIPT LOAD reaches every master). Raises the first command's error."""
+    for script in scripts_used(commands):
+        await redis.execute_command("SCRIPT", "LOAD", script.source)  # type: ignore[attr-defined]
+    pipe = redis.pipeline(transaction=False)  # type: ignore[attr-defined]
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(await pipe.execute())

@@ -1,9 +1,10 @@
 """Start-up checks of the stores: a Redis or MySQL that cannot serve stops `run` with one line naming the setting.
 
-A store that is down, a wrong password, a Sentinel that knows no such master, a Redis Cluster node (not supported
-yet): each is a configuration problem at start, so each becomes a `ConfigError` (exit status 2, the variable and
-the cause in one line), never a traceback. Once running, the same faults are transient (`StoreUnavailable`,
-`/health` says which store fails) and the service waits for the store to come back.
+A store that is down, a wrong password, a Sentinel that knows no such master, a Redis Cluster that does not serve
+all its slots or is given a database other than 0: each is a configuration problem at start, so each becomes a
+`ConfigError` (exit status 2, the variable and the cause in one line), never a traceback. Once running, the same
+faults are transient (`StoreUnavailable`, `/health` says which store fails) and the service waits for the store to
+come back.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from contextlib import AsyncExitStack
 
 import aiomysql
 from redis.asyncio import Redis
-from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
-from runtime.connections import open_mysql
+from runtime.connections import open_mysql, probe_client
 from runtime.errors import ConfigError
 from runtime.settings import MysqlSettings, RedisSettings
 
@@ -49,12 +49,18 @@ def _cause(exc: BaseException) -> str:
 
 
 async def check_redis(redis: Redis, settings: RedisSettings, timeout_s: float = REDIS_CHECK_TIMEOUT_S) -> None:
-    """PING and INFO cluster; raises `ConfigError` naming the setting that is wrong, with Redis's answer."""
-    probe = _probe_client(redis)
+    """PING and INFO cluster (and, on a Cluster, CLUSTER INFO); raises `ConfigError` naming the setting that is
+    wrong, with Redis's answer."""
+    # The node itself, tried once (Sentinel: the client, whose errors name the Sentinel's failure as they are).
+    probe = redis if settings.sentinels else probe_client(settings)
+    state = ""
     try:
         async with asyncio.timeout(timeout_s):
             await probe.ping()
             cluster = await probe.info("cluster")
+            if int(cluster.get("cluster_enabled", 0) or 0) == 1:
+                info = await probe.execute_command("CLUSTER", "INFO")
+                state = _cluster_state(info)
     except MasterNotFoundError as exc:
         raise await _sentinel_error(settings, exc) from exc
     except AuthenticationError as exc:
@@ -62,6 +68,9 @@ async def check_redis(redis: Redis, settings: RedisSettings, timeout_s: float = 
     except NoPermissionError as exc:
         raise _permission_error(settings, exc) from exc
     except ResponseError as exc:
+        if "SELECT is not allowed in cluster mode" in str(exc):
+            problem = f"is {settings.db}, but {_where(settings)} is a Redis Cluster node, which has database 0 only"
+            raise ConfigError("SIDECAR_REDIS_DB", problem) from exc
         if "DB index" in str(exc):
             problem = f"{settings.db} refused by {_where(settings)}: {_cause(exc)}"
             raise ConfigError("SIDECAR_REDIS_DB", problem) from exc
@@ -72,23 +81,25 @@ async def check_redis(redis: Redis, settings: RedisSettings, timeout_s: float = 
     finally:
         if probe is not redis:
             await probe.aclose()
-            await probe.connection_pool.disconnect()  # its own pool: aclose() leaves a pool it was given open
-    if int(cluster.get("cluster_enabled", 0) or 0) == 1:
+    if state and state != "ok":
         raise ConfigError(
             "JAMBONES_REDIS_HOST",
-            f"{_where(settings)} is a Redis Cluster node (INFO cluster: cluster_enabled:1): Redis Cluster is not "
-            "supported yet; point it at a standalone Redis or use Sentinel",
+            f"{_where(settings)} is a node of a Redis Cluster that does not serve (CLUSTER INFO: "
+            f"cluster_state:{state}): every slot needs a master that answers",
         )
 
 
-def _probe_client(redis: Redis) -> Redis:
-    """A client like `redis` that tries once and does no health check: a refused AUTH is then an answer at once,
-    where redis-py's retries and its health check's PING would turn it into a wait until the deadline."""
-    pool = redis.connection_pool
-    if isinstance(pool, SentinelConnectionPool):
-        return redis  # its errors name the Sentinel's failure as they are
-    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
-    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
+def _cluster_state(info: object) -> str:
+    """`cluster_state` of a CLUSTER INFO answer (text, or the dict redis-py makes of it)."""
+    if isinstance(info, dict):
+        value = info.get("cluster_state", "")
+        return value.decode() if isinstance(value, bytes) else str(value)
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "cluster_state":
+            return value.strip()
+    return "unknown"
 
 
 def _host_variable(settings: RedisSettings) -> str:

@@ -8,6 +8,11 @@ each lapsed member atomically (its score is re-checked, then ZREM + SREM + XADD 
 ServerExpired), so exactly one sidecar removes a member and records its expiry, and a member that
 checked in between the read and the script is left alone.
 
+On a Redis Cluster the jambonz set is in a slot of its own: the script claims and records in the partition's
+slot (score re-checked, ZREM, XADD) and the member then leaves its set by an SREM of its own. The claim is still
+atomic, so one sidecar alone removes a member; a server that checks in between the claim and the SREM is out of its
+set until its next heartbeat puts it back.
+
 Members found in a set without a last-seen time (present at startup, written by another program,
 or kept across a Redis restart of the index) are given "now", as jambonz loads its sets at startup.
 """
@@ -35,8 +40,8 @@ log = logging.getLogger(__name__)
 SWEEP_TIMEOUT_S = 10.0
 SWEEP_BATCH = 500  # candidates per kind per script call
 
-# KEYS: last-seen zset, member set, servers stream. ARGV: limit_ms, then per candidate:
-# member, n, and the n XADD arguments after the stream name. Returns the members removed.
+# KEYS: last-seen zset, servers stream, member set (absent on a Redis Cluster: removed apart). ARGV: limit_ms,
+# then per candidate: member, n, and the n XADD arguments after the stream name. Returns the members removed.
 _CLAIM_LAPSED = """
 local limit = tonumber(ARGV[1])
 local removed = {}
@@ -47,8 +52,8 @@ while i <= #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], member)
   if score and tonumber(score) < limit then
     redis.call('ZREM', KEYS[1], member)
-    if redis.call('SREM', KEYS[2], member) == 1 then
-      redis.call('XADD', KEYS[3], unpack(ARGV, i + 2, i + 1 + n))
+    if not KEYS[3] or redis.call('SREM', KEYS[3], member) == 1 then
+      redis.call('XADD', KEYS[2], unpack(ARGV, i + 2, i + 1 + n))
       removed[#removed + 1] = member
     end
   end
@@ -172,8 +177,12 @@ class ServerExpiry:
             xadd = cast(list[bytes | str | int | float], command[2:])
             prepared[member] = event
             args += [member, len(xadd), *xadd]
-        keys = [seen_key, server_set(self.names, kind), self.names.servers]
+        keys = [seen_key, self.names.servers]
+        if not self.eventlog.cluster:
+            keys.append(server_set(self.names, kind))
         removed = [prepared[m.decode() if isinstance(m, bytes) else m] for m in await self._claim(keys=keys, args=args)]
+        if removed and self.eventlog.cluster:
+            await self.redis.srem(server_set(self.names, kind), *(event.member for event in removed))
         for event in removed:
             log.info("server expired kind=%s member=%s last_seen_ms=%d", kind, event.member, event.last_seen_ms)
         return removed, len(lapsed)

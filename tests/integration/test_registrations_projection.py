@@ -140,7 +140,7 @@ async def test_inline_the_fact_and_its_record_commit_together_and_stay_order_saf
     projection = RegistrationsProjection(names)
     eventlog.project_inline(names.registrations, projection.inline)
     grant = granted(aor, 120)
-    command = eventlog.append_command(names.registrations, grant)
+    [command] = eventlog.append_commands(names.registrations, grant)
     assert command[0] == "EVALSHA"
     await eventlog.commit([command], scripts_used([command]))
     [stored] = await eventlog.read(names.registrations)
@@ -155,10 +155,11 @@ async def test_inline_the_fact_and_its_record_commit_together_and_stay_order_saf
     assert json.loads(await redis.get(user_key(aor)))["contact"] == grant.contact
     # A removal commits its deletions the same way; facts of other kinds stay plain XADDs.
     removal = RegistrationRemoved(**stamp(), aor=aor, source_ip="10.0.0.1", source_port=5060, call_id="c")
-    command = eventlog.append_command(names.registrations, removal)
-    await eventlog.commit([command], scripts_used([command]))
+    commands = eventlog.append_commands(names.registrations, removal)
+    await eventlog.commit(commands, scripts_used(commands))
     assert not await redis.exists(user_key(aor))
     assert await redis.zscore(ACTIVE_USER_KEY, user_key(aor)) is None
     assert await redis.zscore(names.expiry_due, aor) is None
     lapse = RegistrationExpired(**stamp(), aor=aor, expiry_time_ms=0, granted_event_id="1-1")
-    assert eventlog.append_command(names.registrations, lapse)[0] == "XADD"
+    [command] = eventlog.append_commands(names.registrations, lapse)
+    assert command[0] == "XADD"

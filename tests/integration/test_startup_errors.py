@@ -146,16 +146,18 @@ def test_redis_acl_denied(tmp_path: Path, redis_with_password: int) -> None:
     assert_one_line(result, "JAMBONES_REDIS_USERNAME", "'limited' lacks a permission", "NOPERM")
 
 
-def test_redis_cluster_node_is_refused(tmp_path: Path, redis_cluster_node: int) -> None:
+def test_redis_cluster_that_does_not_serve_or_with_a_database(tmp_path: Path, redis_cluster_node: int) -> None:
+    """A lone Cluster node (no slots assigned: the cluster was never created) and a database other than 0."""
     port = str(redis_cluster_node)
     result = run_sidecar(tmp_path, JAMBONES_REDIS_PORT=port, SIDECAR_REDIS_DB="0")
     assert_one_line(
         result,
         "JAMBONES_REDIS_HOST",
-        f"127.0.0.1:{port} is a Redis Cluster node",
-        "cluster_enabled:1",
-        "Redis Cluster is not supported yet",
+        f"127.0.0.1:{port} is a node of a Redis Cluster that does not serve",
+        "cluster_state:fail",
     )
+    with_db = run_sidecar(tmp_path, JAMBONES_REDIS_PORT=port, SIDECAR_REDIS_DB="3")
+    assert_one_line(with_db, "SIDECAR_REDIS_DB", "is 3", f"127.0.0.1:{port} is a Redis Cluster node")
 
 
 def test_sentinel_with_a_wrong_master_name(tmp_path: Path, sentinel: int) -> None:
