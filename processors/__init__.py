@@ -33,7 +33,7 @@ def build(services: Services) -> list[Worker]:
     )
     heartbeat = Heartbeat(services.redis, services.names, services.clock)
     # The registrar's grants and removals write `user:<aor>` and `active-user` in the commit of the decision.
-    records = RegistrationsProjection(services.names, services.clock)
+    records = RegistrationsProjection(services.names, services.clock, apart=services.eventlog.cluster)
     services.eventlog.project_inline(services.names.registrations, records.inline)
     return [
         ConcurrentConsumer(
@@ -51,7 +51,13 @@ def build(services: Services) -> list[Worker]:
             check_interval_ms=settings.check_expires_interval_ms,
             clock=services.clock,
         ),
-        ExpirySweeper(services.redis, services.names, settings.eventlog.retention_s, clock=services.clock),
+        ExpirySweeper(
+            services.redis,
+            services.names,
+            settings.eventlog.retention_s,
+            clock=services.clock,
+            apart=services.eventlog.cluster,
+        ),
         WorkQueueTrimmer(
             services.redis,
             services.names.work_queues,
