@@ -20,7 +20,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import socket
 from collections.abc import Sequence
 
 from events import (
@@ -33,6 +32,7 @@ from events import (
     stamp,
 )
 from ingest.fronts.front import ClientAnswer, OutboundRequest, SipFront
+from ingest.locator import SipLocator
 from ingest.sip import SipParseError, SipResponse
 from ingest.sip.digest import parse_digest_params
 from ingest.sip.headers import parse_contacts, parse_delta_seconds
@@ -140,29 +140,15 @@ def retry_hop(next_hop: str | None, request_uri: str, challenge: ClientAnswer) -
     return next_hop
 
 
-async def addresses_of(host: str, port: int | None) -> tuple[str, ...]:
-    """The gateway's IPv4 addresses for `eph-gw-ip` (SPEC 4.4): the literal, else its A records."""
-    try:
-        socket.inet_aton(host)
-        if host.count(".") == 3:
-            return (host,)
-    except OSError:
-        pass
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(5):
-            infos = await loop.getaddrinfo(host, port or 5060, family=socket.AF_INET, type=socket.SOCK_DGRAM)
-    except (OSError, TimeoutError):
-        return ()
-    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
 class OutboundRegistrations:
     """A ConcurrentHandler over `commands`: sends each commanded REGISTER, reports its final answer."""
 
-    def __init__(self, front: SipFront, names: StreamNames, sealer: Sealer, edge_id: str) -> None:
+    def __init__(
+        self, front: SipFront, names: StreamNames, sealer: Sealer, edge_id: str, locator: SipLocator | None = None
+    ) -> None:
         self.edge_id = edge_id
         self.front = front
+        self.locator = locator or SipLocator()
         self.names = names
         self.sealer = sealer
         self.sent = 0
@@ -308,7 +294,8 @@ class OutboundRegistrations:
         expires_header, contact_expires = granted_in(response) if response.status == 200 else (None, None)
         addresses: tuple[str, ...] = ()
         if command.resolve_addresses:
-            addresses = await addresses_of(command.gateway_host, command.gateway_port)
+            # SPEC 4.4: the literal, else A records (a port given) or SRV by the gateway's transport, then A.
+            addresses = await self.locator.addresses(command.gateway_host, command.gateway_port, command.transport)
         log.info(
             "outbound REGISTER answered carrier=%s gateway=%s status=%d cseq=%d",
             command.voip_carrier_sid,

@@ -260,6 +260,10 @@ class IngestWorker:
 
 def build_ingest(services: Services) -> list[Worker]:
     settings = services.settings
+    from ingest.locator import SipLocator
+
+    # One resolver for the native front's next hops and the edge's eph-gw-ip addresses (SIDECAR_DNS_SERVERS).
+    locator = SipLocator(settings.sip.dns_servers)
     if settings.sip.front == "drachtio":
         from ingest.fronts.drachtio import DrachtioFront
 
@@ -273,7 +277,7 @@ def build_ingest(services: Services) -> list[Worker]:
     else:
         from ingest.fronts.native import NativeFront
 
-        front = NativeFront.from_settings(settings.sip)
+        front = NativeFront.from_settings(settings.sip, locator)
     from events.streams import edge_group
     from ingest.membership import Membership
     from ingest.outbound import OutboundRegistrations
@@ -283,7 +287,7 @@ def build_ingest(services: Services) -> list[Worker]:
 
     # The edge sends the REGISTERs the regbot of its own process commands (see ingest/outbound.py).
     sealer = Sealer(settings.encryption_secret.reveal())
-    outbound = OutboundRegistrations(front, services.names, sealer, settings.ingest_id)
+    outbound = OutboundRegistrations(front, services.names, sealer, settings.ingest_id, locator)
     commands, group = services.names.commands, edge_group(settings.ingest_id)
     edge = ConcurrentConsumer(services.eventlog, commands, group, outbound, max_in_flight=200)
     # This SBC's heartbeat, and the clean-up after a gone peer's reply stream and edge group.

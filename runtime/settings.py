@@ -114,6 +114,9 @@ class SipSettings:
     flood_max_per_s: int = 200  # messages per second from one source IP; beyond, dropped (0: no limit)
     message_deadline_s: float = 10.0  # a stream message must be complete this long after its first byte
     max_connections_per_ip: int = 100  # TCP/TLS/WS connections from one source IP at once (0: no limit)
+    # Outbound requests (REGISTER, gateway OPTIONS) of the native front: SIDECAR_DNS_SERVERS, SIDECAR_SIP_TLS_VERIFY.
+    dns_servers: tuple[tuple[str, int], ...] = ()  # (ip, port) of the DNS servers; none: the system's resolver
+    tls_verify: str = "off"  # carriers' TLS certificates: off, system (trust store), or a CA file
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +460,38 @@ class _Reader:
             raise ConfigError(name, f"must not start with '_' (InfluxDB's system buckets), got {value!r}")
         return value
 
+    def dns_servers(self) -> tuple[tuple[str, int], ...]:
+        """SIDECAR_DNS_SERVERS: `ip[:port]` list (IPv6 as `[ip]:port`) the outbound requests' lookups go to."""
+        name = "SIDECAR_DNS_SERVERS"
+        servers = []
+        for item in (self.raw(name) or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item.startswith("["):
+                host, _, rest = item[1:].partition("]")
+                port = rest[1:] if rest.startswith(":") else rest
+            else:
+                host, _, port = item.partition(":") if item.count(":") == 1 else (item, "", "")
+            try:
+                address = str(ipaddress.ip_address(host))
+            except ValueError:
+                raise ConfigError(name, f"bad server {item!r} (want ip[:port], IPv6 as [ip]:port)") from None
+            if port and (not port.isdigit() or not 0 < int(port) <= 65535):
+                raise ConfigError(name, f"bad port in {item!r}")
+            servers.append((address, int(port) if port else 53))
+        return tuple(servers)
+
+    def tls_verify(self) -> str:
+        """SIDECAR_SIP_TLS_VERIFY: off, system, or the path of a file of CA certificates (checked to exist)."""
+        name = "SIDECAR_SIP_TLS_VERIFY"
+        value = self.raw(name) or "off"
+        if value.lower() in ("off", "system"):
+            return value.lower()
+        if not os.path.isfile(value):
+            raise ConfigError(name, f"must be off, system or a CA file, got {value!r} (no such file)")
+        return value
+
     def auth_throttle(self) -> AuthThrottleSettings:
         enabled = (self.raw("SIDECAR_AUTH_THROTTLE") or "on").lower()
         if enabled not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
@@ -552,6 +587,8 @@ class _Reader:
                 flood_max_per_s=self.integer("SIDECAR_SIP_FLOOD_MAX_PER_S", 200, minimum=0),
                 message_deadline_s=self.number("SIDECAR_SIP_MESSAGE_DEADLINE_S", 10.0, minimum=0.1),
                 max_connections_per_ip=self.integer("SIDECAR_SIP_MAX_CONNECTIONS_PER_IP", 100, minimum=0),
+                dns_servers=self.dns_servers(),
+                tls_verify=self.tls_verify(),
             ),
             eventlog=eventlog,
             encryption_secret=Secret(secret),

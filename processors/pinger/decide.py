@@ -21,7 +21,7 @@ from events import (
     PingedGateway,
     stamp,
 )
-from processors.regbot.targets import is_ipv4, transport_of
+from processors.regbot.targets import transport_of
 
 TIMER_F_MS = 32_000
 
@@ -59,8 +59,9 @@ def target_of(row: Mapping[str, object]) -> PingTarget:
     """SPEC 4.6 from a `sip_gateways` row joined with its carrier's name, account and service provider.
 
     Request-URI `sip:<ipv4>[:<port>]`, or `sips:<ipv4>` (no port) for tls with use_sips_scheme; next hop
-    `sip:<ipv4>[:<port> for an IP];transport=<protocol before '/'>`. (The original tested "an IP" with a loose
-    pattern and wrote `:null` for a missing port; here an IPv4 literal with a port set.)
+    `sip:<ipv4>[:<port>];transport=<protocol before '/'>`. (The original added the port only to what a loose
+    pattern took for an IP, and wrote `:null` for a missing port; here the port whenever one is set, so a
+    hostname with a port is pinged at that port (A records) and one without through its SRV records.)
     """
     port_value = row.get("port")
     port = int(str(port_value)) if port_value not in (None, "", 0) else None
@@ -79,7 +80,7 @@ def target_of(row: Mapping[str, object]) -> PingTarget:
     )
     sips = "tls" in protocol.lower() and bool(row.get("use_sips_scheme"))
     request_uri = f"sips:{ipv4}" if sips else f"sip:{ipv4}{f':{port}' if port else ''}"
-    hop_port = f":{port}" if port and is_ipv4(ipv4) else ""
+    hop_port = f":{port}" if port else ""  # as the regbot's next hop: a port given is used, hostname or not
     next_hop = f"sip:{ipv4}{hop_port};transport={transport_of(protocol)}"
     return PingTarget(gateway, request_uri, next_hop)
 

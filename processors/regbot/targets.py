@@ -205,7 +205,9 @@ def target_of(
         proxy = proxy if proxy.startswith(("sip:", "sips:")) else f"sip:{proxy}"
         next_hop = f"{proxy};transport={transport}"
     else:
-        port = f":{gateway.port}" if gateway.port and is_ipv4(gateway.ipv4) else ""
+        # A port given means that port (a hostname's A records there); none, a hostname's SRV records (RFC 3263).
+        # The original dropped a hostname's port, so a carrier's configured port was never used.
+        port = f":{gateway.port}" if gateway.port else ""
         next_hop = f"sip:{gateway.ipv4}{port};transport={transport}"
     from_uri = f"sip:{from_user}@{from_domain}"
     contact = f"<{scheme}:{from_user}@{contact_host};transport={transport}>;expires={expires_s}"

@@ -46,10 +46,21 @@ def md5(text: str) -> str:
 class Carrier:
     carrier_sid: str
     gateway_sid: str
-    port: int
+    port: int | None
 
 
-async def seed_carrier(database: str, port: int, *, trunk_type: str = "reg", name: str = "Carrier One") -> Carrier:
+async def seed_carrier(
+    database: str,
+    port: int | None,
+    *,
+    trunk_type: str = "reg",
+    name: str = "Carrier One",
+    host: str = "127.0.0.1",
+    protocol: str = "udp",
+    public_ip_in_contact: bool = False,
+    options_ping: bool = False,
+) -> Carrier:
+    """A carrier that requires registration, with one outbound gateway at `host[:port]` over `protocol`."""
     carrier = Carrier(str(uuid.uuid4()), str(uuid.uuid4()), port)
     connection = await aiomysql.connect(
         host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, db=database, autocommit=True
@@ -58,13 +69,14 @@ async def seed_carrier(database: str, port: int, *, trunk_type: str = "reg", nam
         async with connection.cursor() as cursor:
             await cursor.execute(
                 "INSERT INTO voip_carriers (voip_carrier_sid, name, requires_register, is_active, register_username,"
-                " register_password, register_sip_realm, trunk_type) VALUES (%s, %s, 1, 1, %s, %s, %s, %s)",
-                (carrier.carrier_sid, name, USERNAME, PASSWORD, "carrier.test", trunk_type),
+                " register_password, register_sip_realm, trunk_type, register_public_ip_in_contact)"
+                " VALUES (%s, %s, 1, 1, %s, %s, %s, %s, %s)",
+                (carrier.carrier_sid, name, USERNAME, PASSWORD, "carrier.test", trunk_type, public_ip_in_contact),
             )
             await cursor.execute(
                 "INSERT INTO sip_gateways (sip_gateway_sid, voip_carrier_sid, ipv4, port, inbound, outbound,"
-                " is_active, protocol) VALUES (%s, %s, '127.0.0.1', %s, 1, 1, 1, 'udp')",
-                (carrier.gateway_sid, carrier.carrier_sid, port),
+                " is_active, protocol, send_options_ping) VALUES (%s, %s, %s, %s, 1, 1, 1, %s, %s)",
+                (carrier.gateway_sid, carrier.carrier_sid, host, port, protocol, options_ping),
             )
     finally:
         connection.close()
@@ -95,9 +107,14 @@ async def eventually(check, timeout_s: float = 10.0):  # type: ignore[no-untyped
         await asyncio.sleep(0.1)
 
 
-def uas(scenario: str, port: int, replace: dict[str, str], timeout_s: float = 60.0) -> asyncio.Task[SippResult]:
+def uas(
+    scenario: str, port: int, replace: dict[str, str], timeout_s: float = 60.0, transport: str = "u1"
+) -> asyncio.Task[SippResult]:
+    """sipp as the carrier's registrar on `port` (`transport` t1: TCP, one socket)."""
     return asyncio.create_task(
-        run_sipp(scenario, free_port(), extra=["-p", str(port)], replace=replace, timeout_s=timeout_s)
+        run_sipp(
+            scenario, free_port(), transport=transport, extra=["-p", str(port)], replace=replace, timeout_s=timeout_s
+        )
     )
 
 

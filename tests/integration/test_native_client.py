@@ -1,8 +1,9 @@
-"""Client transactions of the native front: Timer E retransmission over UDP, 408 on Timer F, TCP."""
+"""Client transactions of the native front: Timer E retransmission over UDP, 408 on Timer F, TCP, TLS."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -10,11 +11,15 @@ from events import OutboundRegisterAnswered, OutboundRegisterRequested, StreamNa
 from ingest import outbound
 from ingest.fronts.front import OutboundRequest
 from ingest.fronts.native import NativeFront
+from ingest.locator import SipLocator
 from ingest.sip import SipRequest, make_response, parse_message
 from runtime.handling import Delivery
 from runtime.sealed import Sealer
 from runtime.settings import SipListen
+from tests.certs import self_signed
 from tests.conftest import free_port
+from tests.dnsserver import dns_server
+from tests.sipserver import carrier_server
 
 
 class Peer(asyncio.DatagramProtocol):
@@ -156,3 +161,44 @@ async def test_register_nobody_answers_is_answered_408_when_timer_f_fires(monkey
     assert isinstance(sent, SipRequest) and sent.method == "REGISTER" and sent.headers.get("CSeq") == "7 REGISTER"
     gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
     assert 0.4 <= gaps[0] < 0.7 and 0.9 <= gaps[1] < 1.2  # T1, then 2*T1
+
+
+async def test_options_over_tls_share_one_connection_and_verify_the_carrier_as_configured(tmp_path: Path) -> None:
+    # the gateway pings (and REGISTERs) of the native front over TLS: Via SIP/2.0/TLS naming the TLS listener,
+    # one connection for both requests, the carrier's certificate unchecked by default (as drachtio's sofia),
+    # checked against a CA file and the gateway's name (sent as SNI) when asked, refused by the system's store
+    sbc_cert, sbc_key = self_signed(tmp_path)
+    carrier_cert, carrier_key = self_signed(tmp_path, ("carrier.test", "127.0.0.1"))
+    records = {("carrier.test", "A"): ["127.0.0.1"]}
+    async with (
+        carrier_server(realm="carrier.test", username="u", password="p", tls=(carrier_cert, carrier_key)) as carrier,
+        dns_server(records) as (_, dns_port),
+    ):
+        tls_port = free_port()
+        listen = [SipListen("udp", "127.0.0.1", free_port()), SipListen("tls", "127.0.0.1", tls_port)]
+        async with NativeFront(listen, tls_cert=sbc_cert, tls_key=sbc_key) as front:
+            first = await front.exchange(options_to(carrier.port, "tls"), timeout_s=5)
+            second = await front.send_request(options_to(carrier.port, "tls"), timeout_s=5)
+        assert first.response.status == 200 and second.status == 200
+        assert first.source == ("tls", "127.0.0.1", carrier.port)
+        assert [r.connection for r in carrier.received] == [1, 1]  # the connection was kept and used again
+        via = carrier.received[0].header("Via") or ""
+        assert via.startswith(f"SIP/2.0/TLS 127.0.0.1:{tls_port};branch=z9hG4bK"), via
+        assert carrier.server_names == [None]  # an IP address is not sent as SNI
+
+        by_name = OutboundRequest(
+            "OPTIONS",
+            f"sip:carrier.test:{carrier.port}",
+            headers=[("From", "<sip:sbc@127.0.0.1>"), ("To", "<sip:carrier.test>")],
+            next_hop=f"sip:carrier.test:{carrier.port};transport=tls",
+        )
+        locator = SipLocator([("127.0.0.1", dns_port)])
+        udp = [SipListen("udp", "127.0.0.1", free_port())]
+        async with NativeFront(udp, tls_verify=carrier_cert, locator=locator) as front:
+            assert (await front.send_request(by_name, timeout_s=5)).status == 200
+        assert carrier.server_names[-1] == "carrier.test"
+        udp = [SipListen("udp", "127.0.0.1", free_port())]
+        async with NativeFront(udp, tls_verify="system", locator=locator) as front:
+            with pytest.raises(ConnectionError, match="certificate verify failed"):
+                await front.send_request(by_name, timeout_s=5)
+        assert len(carrier.received) == 3  # nothing was sent over the refused connection

@@ -38,7 +38,8 @@ GATEWAY = target_of(ROW).gateway
     [
         ({}, "sip:203.0.113.10:5070", "sip:203.0.113.10:5070;transport=udp"),
         ({"port": None}, "sip:203.0.113.10", "sip:203.0.113.10;transport=udp"),
-        ({"ipv4": "gw.example.com"}, "sip:gw.example.com:5070", "sip:gw.example.com;transport=udp"),
+        ({"ipv4": "gw.example.com"}, "sip:gw.example.com:5070", "sip:gw.example.com:5070;transport=udp"),
+        ({"ipv4": "gw.example.com", "port": None}, "sip:gw.example.com", "sip:gw.example.com;transport=udp"),
         ({"protocol": "tls/srtp", "use_sips_scheme": 1}, "sips:203.0.113.10", "sip:203.0.113.10:5070;transport=tls"),
         ({"protocol": "tls", "use_sips_scheme": 0}, "sip:203.0.113.10:5070", "sip:203.0.113.10:5070;transport=tls"),
         ({"protocol": "tcp", "use_sips_scheme": 1}, "sip:203.0.113.10:5070", "sip:203.0.113.10:5070;transport=tcp"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 
@@ -41,7 +42,9 @@ def test_target_shape() -> None:
     hostname = Gateway(sip_gateway_sid="g2", voip_carrier_sid="c1", ipv4="gw.example", port=5070, protocol="tls/srtp")
     other = target_of(CARRIER, hostname, "acct.realm", "sys.domain", contact_use_ip=True, expires_s=60)
     assert isinstance(other, Target)
-    assert other.next_hop == "sip:gw.example;transport=tls"  # hostnames get no port (SRV)
+    assert other.next_hop == "sip:gw.example:5070;transport=tls"  # a port given: A records at that port
+    no_port = target_of(CARRIER, replace(hostname, port=None), None, None, contact_use_ip=False, expires_s=60)
+    assert isinstance(no_port, Target) and no_port.next_hop == "sip:gw.example;transport=tls"  # SRV
     assert other.contact == "<sip:u@localhost;transport=tls>;expires=60"
 
 

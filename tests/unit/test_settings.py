@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,22 @@ def test_max_pending_defaults_to_1000_and_may_be_off() -> None:
 def test_projection_linger_defaults_to_20_ms_and_may_be_off() -> None:
     assert Settings.from_env(BASE).eventlog.projection_linger_ms == 20
     assert Settings.from_env({**BASE, "SIDECAR_PROJECTION_LINGER_MS": "0"}).eventlog.projection_linger_ms == 0
+
+
+def test_dns_servers_and_outbound_tls_verification(tmp_path: Path) -> None:
+    sip = Settings.from_env(BASE).sip
+    assert (sip.dns_servers, sip.tls_verify) == ((), "off")  # the system's resolver; certificates unchecked
+    env = {**BASE, "SIDECAR_DNS_SERVERS": "127.0.0.1:5353, 10.0.0.2,[::1]:53", "SIDECAR_SIP_TLS_VERIFY": "System"}
+    sip = Settings.from_env(env).sip
+    assert sip.dns_servers == (("127.0.0.1", 5353), ("10.0.0.2", 53), ("::1", 53)) and sip.tls_verify == "system"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    assert Settings.from_env({**BASE, "SIDECAR_SIP_TLS_VERIFY": str(ca)}).sip.tls_verify == str(ca)
+    for name, value in [
+        ("SIDECAR_DNS_SERVERS", "dns.example:53"),
+        ("SIDECAR_DNS_SERVERS", "127.0.0.1:0"),
+        ("SIDECAR_SIP_TLS_VERIFY", str(tmp_path / "missing.pem")),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            Settings.from_env({**BASE, name: value})
+        assert error.value.variable == name

@@ -1,20 +1,27 @@
 """Client transactions for requests the service sends (RFC 3261 17.1.2, non-INVITE).
 
-Over UDP the request is retransmitted on Timer E (T1 doubling to T2; T2 once a provisional
-arrives) until a final response or Timer F (64*T1) gives a 408. Over TCP the request is sent on
-a new connection and Timer F alone applies. Responses are matched by the top Via branch.
+The next hop is located with `ingest/locator.py` (SRV, then A records). Over UDP the request is retransmitted on
+Timer E (T1 doubling to T2; T2 once a provisional arrives) until a final response or Timer F (64*T1) gives a
+408. Over TCP and TLS it goes on a connection to the hop (the first of the located addresses that connects),
+kept open and used again by later requests to the same hop: the digest retry and the refreshes of a
+registration ride the connection its first REGISTER opened, as a carrier expects of a registered UA; Timer F
+alone applies. What arrives on such a connection goes to the dispatcher like anything a listener receives
+(responses to the client transactions, requests to the handler). A connection closes when idle
+(`SIDECAR_SIP_IDLE_TIMEOUT_S`) or when the peer closes it; the next request opens another. Responses are matched
+by the top Via branch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from ingest.fronts.front import OutboundRequest
-from ingest.sip import SipParseError, SipRequest, SipResponse, parse_message
-from ingest.sip.framing import StreamFramer
+from ingest.fronts.front import ClientAnswer, OutboundRequest
+from ingest.fronts.native.stream import StreamConnection
+from ingest.locator import Hop, SipLocator
+from ingest.sip import SipParseError, SipRequest, SipResponse
 from ingest.sip.tags import random_hex
 from ingest.sip.uri import parse_uri
 
@@ -23,21 +30,23 @@ log = logging.getLogger(__name__)
 T1_S = 0.5
 T2_S = 4.0
 TIMER_F_S = 64 * T1_S
+STREAM_TRANSPORTS = ("tcp", "tls")
+
+OpenStream = Callable[[Hop, Callable[[StreamConnection], None]], Awaitable[StreamConnection]]
 
 
 @dataclass(frozen=True, slots=True)
 class Destination:
     transport: str
     host: str
-    port: int
+    port: int | None  # None: none in the URI (a hostname is then looked up with SRV)
 
 
 def destination_of(request: OutboundRequest) -> Destination:
-    """Where a request goes: its next hop, else its Request-URI (port 5060, or 5061 for sips/tls)."""
+    """Where a request goes: its next hop, else its Request-URI (transport udp, or tls for sips)."""
     uri = parse_uri(request.next_hop or request.request_uri)
-    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
-    default_port = 5061 if transport == "tls" else 5060
-    return Destination(transport, uri.host.strip("[]"), uri.port or default_port)
+    transport = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).lower()
+    return Destination(transport, uri.host.strip("[]"), uri.port)
 
 
 def timeout_response(request: SipRequest) -> SipResponse:
@@ -58,14 +67,21 @@ class ClientTransactions:
         send_udp: Callable[[bytes, tuple[str, int]], None],
         local_host: Callable[[str], str],
         local_port: Callable[[str], int],
+        open_stream: OpenStream | None = None,
+        locator: SipLocator | None = None,
         timer_f_s: float = TIMER_F_S,
     ) -> None:
         self._send_udp = send_udp
         self._local_host = local_host
         self._local_port = local_port
+        self._open_stream = open_stream
+        self.locator = locator or SipLocator()
         self.timer_f_s = timer_f_s
         self._pending: dict[str, asyncio.Future[SipResponse]] = {}
         self._provisional: set[str] = set()
+        self._streams: dict[Hop, StreamConnection] = {}  # open connections to hops, used again
+        self._opening: dict[Hop, asyncio.Lock] = {}
+        self._carried_by: dict[str, StreamConnection] = {}  # branch → the connection its request went on
 
     def build(self, request: OutboundRequest, destination: Destination) -> tuple[SipRequest, str]:
         branch = f"z9hG4bK{random_hex(8)}"
@@ -89,26 +105,29 @@ class ClientTransactions:
         return message, branch
 
     async def send(self, request: OutboundRequest, timeout_s: float | None = None) -> SipResponse:
-        destination = destination_of(request)
-        address = await self._resolve(destination)
-        message, branch = self.build(request, destination)
-        if destination.transport == "udp":
-            return await self._send_udp_transaction(message, branch, address, timeout_s or self.timer_f_s)
-        if destination.transport == "tcp":
-            return await self._send_tcp(message, address, timeout_s or self.timer_f_s)
-        raise ValueError(f"outbound {destination.transport} is not supported by the native front")
+        return (await self.exchange(request, timeout_s)).response
 
-    async def _resolve(self, destination: Destination) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(destination.host, destination.port, type=2)  # SOCK_DGRAM
-        if not infos:
-            raise OSError(f"cannot resolve {destination.host}")
-        sockaddr = infos[0][4]
-        return str(sockaddr[0]), int(sockaddr[1])
+    async def exchange(self, request: OutboundRequest, timeout_s: float | None = None) -> ClientAnswer:
+        """The final response and the (transport, address, port) it answered from; source None for a 408 of
+        Timer F. Raises `LocateError` when the next hop does not resolve, `ConnectionError` when no located
+        address accepts a connection."""
+        destination = destination_of(request)
+        if destination.transport not in ("udp", *STREAM_TRANSPORTS):
+            raise ValueError(f"outbound {destination.transport} is not supported by the native front")
+        hops = await self.locator.hops(destination.host, destination.port, destination.transport)
+        message, branch = self.build(request, destination)
+        timeout_s = timeout_s or self.timer_f_s
+        if destination.transport == "udp":
+            hop = hops[0]
+            response = await self._send_udp_transaction(message, branch, (hop.address, hop.port), timeout_s)
+            if response is None:
+                return ClientAnswer(timeout_response(message))
+            return ClientAnswer(response, ("udp", hop.address, hop.port))
+        return await self._send_stream(message, branch, hops, timeout_s)
 
     async def _send_udp_transaction(
         self, message: SipRequest, branch: str, address: tuple[str, int], timeout_s: float
-    ) -> SipResponse:
+    ) -> SipResponse | None:
         data = message.serialize()
         future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
         self._pending[branch] = future
@@ -123,38 +142,82 @@ class ClientTransactions:
                     return await asyncio.wait_for(asyncio.shield(future), max(0.0, min(interval, remaining)))
                 except TimeoutError:
                     if timer_f_first:
-                        return timeout_response(message)  # the transaction ends: no copy goes out with the 408
+                        return None  # the transaction ends: no copy goes out with the 408
                     interval = T2_S if branch in self._provisional else min(interval * 2, T2_S)
         finally:
             self._pending.pop(branch, None)
             self._provisional.discard(branch)
 
-    async def _send_tcp(self, message: SipRequest, address: tuple[str, int], timeout_s: float) -> SipResponse:
+    async def _send_stream(
+        self, message: SipRequest, branch: str, hops: Sequence[Hop], timeout_s: float
+    ) -> ClientAnswer:
+        data = message.serialize()
         try:
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(address[0], address[1])
-                try:
-                    writer.write(message.serialize())
-                    await writer.drain()
-                    framer = StreamFramer()
-                    while True:
-                        chunk = await reader.read(65536)
-                        if not chunk:
-                            raise ConnectionError("connection closed before a final response")
-                        for frame in framer.feed(chunk):
-                            if not isinstance(frame, bytes):
-                                continue
-
-                            response = parse_message(frame)
-                            if isinstance(response, SipResponse) and response.status >= 200:
-                                return response
-                finally:
-                    writer.close()
+                for attempt in range(2):
+                    connection, hop, reused = await self._connection(hops)
+                    future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+                    self._pending[branch] = future
+                    self._carried_by[branch] = connection
+                    try:
+                        connection.send(data)
+                        response = await future
+                    except ConnectionError:
+                        if reused and attempt == 0:
+                            continue  # the peer had closed the kept connection: once more on a new one
+                        raise
+                    return ClientAnswer(response, (hop.transport, hop.address, hop.port))
+                raise AssertionError("unreachable")
         except TimeoutError:
-            return timeout_response(message)
+            return ClientAnswer(timeout_response(message))
+        finally:
+            self._pending.pop(branch, None)
+            self._carried_by.pop(branch, None)
+            self._provisional.discard(branch)
+
+    async def _connection(self, hops: Sequence[Hop]) -> tuple[StreamConnection, Hop, bool]:
+        """An open connection to the first hop that has or accepts one: (connection, hop, whether kept)."""
+        if self._open_stream is None:
+            raise ConnectionError("this front cannot open stream connections")
+        failures: list[str] = []
+        for hop in hops:
+            kept = self._streams.get(hop)
+            if kept is not None and kept.transport is not None and not kept.transport.is_closing():
+                return kept, hop, True
+            lock = self._opening.setdefault(hop, asyncio.Lock())
+            async with lock:  # two requests to one hop at once open one connection
+                kept = self._streams.get(hop)
+                if kept is not None and kept.transport is not None and not kept.transport.is_closing():
+                    return kept, hop, True
+                try:
+                    connection = await self._open_stream(hop, self._stream_lost)
+                except OSError as exc:
+                    failures.append(f"{hop.address}:{hop.port} {exc.strerror or exc}")
+                    log.info(
+                        "outbound connection failed transport=%s to=%s:%s error=%s",
+                        hop.transport,
+                        hop.address,
+                        hop.port,
+                        exc,
+                    )
+                    continue
+                self._streams[hop] = connection
+                return connection, hop, False
+        transport, name = (hops[0].transport, hops[0].name) if hops else ("?", "?")
+        raise ConnectionError(f"cannot connect over {transport} to {name}: {'; '.join(failures)}")
+
+    def _stream_lost(self, connection: StreamConnection) -> None:
+        """A client connection closed: forgotten, and the requests waiting on it fail now, not at Timer F."""
+        for hop, kept in list(self._streams.items()):
+            if kept is connection:
+                del self._streams[hop]
+        for branch, carrier in list(self._carried_by.items()):
+            future = self._pending.get(branch)
+            if carrier is connection and future is not None and not future.done():
+                future.set_exception(ConnectionError("connection closed before a final response"))
 
     def on_response(self, response: SipResponse) -> None:
-        """Called by the listeners for every response received."""
+        """Called by the listeners and client connections for every response received."""
         try:
             branch = response.top_via.branch
         except SipParseError:

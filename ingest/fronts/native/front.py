@@ -6,8 +6,8 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from ingest.fronts.front import ClientAnswer, OutboundRequest, RequestHandler
 from ingest.fronts.native.client import ClientTransactions
@@ -16,6 +16,7 @@ from ingest.fronts.native.limits import ConnectionBound, FloodGuard, TrustedSour
 from ingest.fronts.native.stream import StreamConnection, StreamLimits
 from ingest.fronts.native.udp import UdpListener
 from ingest.fronts.native.websocket import WebSocketListener
+from ingest.locator import Hop, SipLocator
 from ingest.sip import SipResponse
 from runtime.settings import DEFAULT_TRUSTED_SOURCES, SipListen, SipSettings
 
@@ -29,6 +30,26 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
         raise ValueError("tls and wss listeners need SIDECAR_TLS_CERT and SIDECAR_TLS_KEY")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    return context
+
+
+def client_tls_context(verify: str, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """The context of outbound TLS (REGISTERs and pings to carriers), as SIDECAR_SIP_TLS_VERIFY says.
+
+    `off` (the default): the carrier's certificate is not checked, so one that is self-signed still works; `system`:
+    checked against the system's trust store and the gateway's name; a file: against the CA certificates in it.
+    The listeners' certificate (SIDECAR_TLS_CERT / _KEY), when set, is presented to carriers that ask for one.
+    """
+    if verify == "off":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif verify == "system":
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    else:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=verify)
+    if cert and key:
+        context.load_cert_chain(cert, key)
     return context
 
 
@@ -89,6 +110,8 @@ class NativeFront:
         idle_timeout_s: float = 600.0,
         reuse_port: bool = False,
         abuse: SipAbuseLimits | None = None,
+        locator: SipLocator | None = None,
+        tls_verify: str = "off",
     ) -> None:
         self.reuse_port = reuse_port
         self.listen = tuple(listen)
@@ -97,7 +120,11 @@ class NativeFront:
         self.tls_key = tls_key
         self.max_message_bytes = max_message_bytes
         self.idle_timeout_s = idle_timeout_s
-        self.client = ClientTransactions(self._send_udp, self._local_host, self._local_port)
+        self.tls_verify = tls_verify
+        self._client_tls: ssl.SSLContext | None = None
+        self.client = ClientTransactions(
+            self._send_udp, self._local_host, self._local_port, self._open_stream, locator or SipLocator()
+        )
         abuse = abuse or SipAbuseLimits()
         trusted = TrustedSources(abuse.trusted_sources)
         flood = FloodGuard(abuse.flood_max_per_s, trusted) if abuse.flood_max_per_s > 0 else None
@@ -108,6 +135,8 @@ class NativeFront:
             message_deadline_s=abuse.message_deadline_s,
             bound=ConnectionBound(abuse.max_connections_per_ip, trusted),
         )
+        # Connections the front opens itself (to carriers) do not count against their peer's per-IP limit.
+        self.client_stream_limits = replace(self.stream_limits, bound=ConnectionBound(0, trusted))
         self._udp: list[UdpListener] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._websockets: list[WebSocketListener] = []
@@ -116,7 +145,7 @@ class NativeFront:
         self._ready = False
 
     @classmethod
-    def from_settings(cls, settings: SipSettings) -> NativeFront:
+    def from_settings(cls, settings: SipSettings, locator: SipLocator | None = None) -> NativeFront:
         return cls(
             settings.listen,
             public_address=settings.public_address,
@@ -131,6 +160,8 @@ class NativeFront:
                 message_deadline_s=settings.message_deadline_s,
                 max_connections_per_ip=settings.max_connections_per_ip,
             ),
+            locator=locator or SipLocator(settings.dns_servers),
+            tls_verify=settings.tls_verify,
         )
 
     @property
@@ -159,8 +190,8 @@ class NativeFront:
         return await self.client.send(request, timeout_s)
 
     async def exchange(self, request: OutboundRequest, timeout_s: float = 32.0) -> ClientAnswer:
-        """`send_request`; the response's source is not recorded by the native client transactions."""
-        return ClientAnswer(await self.client.send(request, timeout_s))
+        """`send_request` with the address the response came from: the one the request was sent to."""
+        return await self.client.exchange(request, timeout_s)
 
     async def __aenter__(self) -> NativeFront:
         try:
@@ -238,6 +269,36 @@ class NativeFront:
         self._servers.clear()
         self._websockets.clear()
 
+    async def _open_stream(self, hop: Hop, on_lost: Callable[[StreamConnection], None]) -> StreamConnection:
+        """A TCP or TLS connection to a carrier, from the listeners' address when they are bound to one."""
+        loop = asyncio.get_running_loop()
+        tls = hop.transport == "tls"
+        if tls and self._client_tls is None:
+            self._client_tls = client_tls_context(self.tls_verify, self.tls_cert, self.tls_key)
+        _, connection = await loop.create_connection(
+            lambda: StreamConnection(
+                self.dispatcher, hop.transport, self.client_stream_limits, self._connections, on_lost
+            ),
+            hop.address,
+            hop.port,
+            ssl=self._client_tls if tls else None,
+            server_hostname=hop.name if tls else None,
+            ssl_handshake_timeout=self.stream_limits.message_deadline_s if tls else None,
+            local_addr=self._source_address(hop),
+        )
+        return connection
+
+    def _source_address(self, hop: Hop) -> tuple[str, int] | None:
+        """(host, 0) of the listener of the hop's transport (else tcp's) when it is bound to one IPv4 address
+        other than loopback: the carrier sees the connection come from the address the Via names."""
+        for transport in (hop.transport, "tcp"):
+            for item in self.listen:
+                if item.transport == transport:
+                    host = item.host
+                    specific = host not in ("0.0.0.0", "::") and ":" not in host and not host.startswith("127.")
+                    return (host, 0) if specific and ":" not in hop.address else None
+        return None
+
     def _on_response(self, response: SipResponse) -> None:
         self.client.on_response(response)
 
@@ -256,4 +317,4 @@ class NativeFront:
         try:
             return self.bound(transport)[1]
         except KeyError:
-            return 5060
+            return 5061 if transport == "tls" else 5060

@@ -1,4 +1,7 @@
-"""TCP and TLS listeners: Content-Length framing, keep-alive pongs, idle timeout, per-connection limits.
+"""TCP and TLS connections: Content-Length framing, keep-alive pongs, idle timeout, per-connection limits.
+
+Accepted by the listeners, or opened by the client transactions to send a request (ingest/fronts/native/client.py):
+either way what arrives goes to the dispatcher, responses included, which hands them to the client transactions.
 
 Two guards against connections held open for nothing: at most `ConnectionBound.max_per_ip` at once per source
 IP (one over is aborted as it is accepted), and a message begun must be complete within `message_deadline_s`
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.fronts.native.dispatch import Dispatcher
@@ -34,7 +38,7 @@ class StreamLimits:
 
 
 class StreamConnection(asyncio.Protocol):
-    """One accepted TCP or TLS connection."""
+    """One TCP or TLS connection, accepted or opened."""
 
     def __init__(
         self,
@@ -42,8 +46,10 @@ class StreamConnection(asyncio.Protocol):
         transport_name: str,
         limits: StreamLimits,
         connections: set[StreamConnection],
+        on_lost: Callable[[StreamConnection], None] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.on_lost = on_lost  # told when the connection closes (the client fails what it waits for on it)
         self.transport_name = transport_name
         self.limits = limits
         self.idle_timeout_s = limits.idle_timeout_s
@@ -78,6 +84,8 @@ class StreamConnection(asyncio.Protocol):
             self._idle.cancel()
         if self._deadline is not None:
             self._deadline.cancel()
+        if self.on_lost is not None:
+            self.on_lost(self)
 
     def _touch(self) -> None:
         if self._idle is not None:
