@@ -238,3 +238,8 @@ def partition_of(aor: str, partitions: int) -> int:
     if partitions <= 1:
         return 0
     return zlib.crc32(aor.encode()) % partitions
+
+
+def partition_names(cluster_id: str, partitions: int) -> tuple[StreamNames, ...]:
+    """The names of each partition of a cluster, 0 first."""
+    return tuple(StreamNames(cluster_id, partition) for partition in range(max(partitions, 1)))

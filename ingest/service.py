@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 
 from events import Event, ReplyIssued, now_ms
+from events.streams import partition_of
 from ingest.fronts.front import IncomingRequest, SipFront
 from ingest.replies import ReplyRouter
 from ingest.requests import BadRequest, is_heartbeat, options_received, register_received
@@ -44,7 +45,7 @@ class Ingest:
         self,
         appender: Appender,
         replies: ReplyRouter,
-        requests_stream: str,
+        requests_stream: str | Sequence[str],
         reply_to: str,
         reply_timeout_s: float,
         max_pending: int = 0,
@@ -53,8 +54,9 @@ class Ingest:
     ) -> None:
         self.appender = appender
         self.replies = replies
-        self.requests_stream = requests_stream
-        self.heartbeats_stream = heartbeats_stream or requests_stream
+        # One `requests` stream per partition (SIDECAR_PARTITIONS): a REGISTER goes to its AOR's.
+        self.requests_streams = (requests_stream,) if isinstance(requests_stream, str) else tuple(requests_stream)
+        self.heartbeats_stream = heartbeats_stream or self.requests_streams[0]
         self.seal_credentials = seal_credentials  # Authorization fields never readable on a stream
         self.reply_to = reply_to
         self.reply_timeout_s = reply_timeout_s
@@ -135,7 +137,9 @@ class Ingest:
             self.stats.bad_requests += 1
             await request.respond(400, "Bad Request", [("X-Reason", event.reason)])
             return
-        await self._decide(request, event, self.requests_stream)
+        streams = self.requests_streams
+        stream = streams[partition_of(event.aor or "", len(streams))] if len(streams) > 1 else streams[0]
+        await self._decide(request, event, stream)
 
     async def _decide(self, request: IncomingRequest, event: Event, stream: str) -> None:
         # One future per request: the processor's reply resolves it, a failed append or the timer fails it.
@@ -203,7 +207,7 @@ class IngestWorker:
         self.ingest = Ingest(
             self.appender,
             self.replies,
-            services.names.requests,
+            [names.requests for names in services.partitions],
             settings.ingest_id,
             settings.reply_timeout_s,
             settings.max_pending,

@@ -32,17 +32,9 @@ def build(services: Services) -> list[Worker]:
         mget=services.eventlog.read_keys,
     )
     heartbeat = Heartbeat(services.redis, services.names, services.clock)
-    # The registrar's grants and removals write `user:<aor>` and `active-user` in the commit of the decision.
-    records = RegistrationsProjection(services.names, services.clock, apart=services.eventlog.cluster)
-    services.eventlog.project_inline(services.names.registrations, records.inline)
-    return [
-        ConcurrentConsumer(
-            services.eventlog,
-            services.names.requests,
-            GROUP_PROCESSORS,
-            TimedRegistrar(registrar, services.metrics),
-            max_in_flight=settings.max_in_flight,
-        ),
+    timed = TimedRegistrar(registrar, services.metrics)
+    partitions = services.partitions
+    workers: list[Worker] = [
         Consumer(services.eventlog, services.names.heartbeats, GROUP_HEARTBEAT, heartbeat),
         ServerExpiry(
             services.redis,
@@ -51,24 +43,40 @@ def build(services: Services) -> list[Worker]:
             check_interval_ms=settings.check_expires_interval_ms,
             clock=services.clock,
         ),
-        ExpirySweeper(
-            services.redis,
-            services.names,
-            settings.eventlog.retention_s,
-            clock=services.clock,
-            apart=services.eventlog.cluster,
-        ),
         WorkQueueTrimmer(
             services.redis,
-            services.names.work_queues,
+            {stream: groups for names in partitions for stream, groups in names.work_queues.items()},
             grace_s=settings.eventlog.workqueue_grace_s,
             grace_max=settings.eventlog.workqueue_grace_max,
-            bounds=services.names.trim_bounds,
+            bounds={stream: key for names in partitions for stream, key in names.trim_bounds.items()},
             clock=services.clock,
         ),
-        SnapshotTaker(
-            services.redis, services.names, interval_s=settings.eventlog.snapshot_interval_s, clock=services.clock
-        ),
+    ]
+    # Per partition (SIDECAR_PARTITIONS): a consumer of its requests (one registrar decides them all: one webhook
+    # gate and account cache per process), the inline records of its facts, its expiry sweep and its snapshot.
+    for names in partitions:
+        # The registrar's grants and removals write `user:<aor>` and `active-user` in the commit of the decision.
+        records = RegistrationsProjection(names, services.clock, apart=services.eventlog.cluster)
+        services.eventlog.project_inline(names.registrations, records.inline)
+        sweeper = ExpirySweeper(
+            services.redis, names, settings.eventlog.retention_s, clock=services.clock, apart=services.eventlog.cluster
+        )
+        snapshots = SnapshotTaker(
+            services.redis, names, interval_s=settings.eventlog.snapshot_interval_s, clock=services.clock
+        )
+        if names.partition:
+            sweeper.name, snapshots.name = f"{sweeper.name}-p{names.partition}", f"{snapshots.name}-p{names.partition}"
+        consumer = ConcurrentConsumer(
+            services.eventlog,
+            names.requests,
+            GROUP_PROCESSORS,
+            timed,
+            max_in_flight=-(-settings.max_in_flight // len(partitions)),  # the bound shared by the partitions
+            names=names,
+        )
+        workers += [consumer, sweeper, snapshots]
+    return [
+        *workers,
         *_regbot(services),
         *_pinger(services),
     ]

@@ -17,16 +17,15 @@ def build(services: Services) -> list[Worker]:
     from projections.history import HistoryProjection
     from runtime.consumer import Consumer
 
-    names = services.names
-    handler = HistoryProjection(names, services.settings.eventlog.retention_s)
-    return [
+    consumers: list[Worker] = [
         Consumer(
             services.eventlog,
             [names.registrations, names.refreshes],
             GROUP_PROJECTIONS,
-            handler,
+            HistoryProjection(names, services.settings.eventlog.retention_s),
             linger_ms=services.settings.eventlog.projection_linger_ms,
-        ),
-        *stats.build(services),
-        build_archiver(services),
+            names=names,
+        )
+        for names in services.partitions
     ]
+    return [*consumers, *stats.build(services), build_archiver(services)]

@@ -140,13 +140,20 @@ def _text(value: object) -> str:
 class HistoryArchive:
     """Moves the cold steps of every AOR's history from Redis to MySQL, and trims the archive."""
 
-    def __init__(self, redis: Redis, pool: aiomysql.Pool, names: StreamNames, *, hot_s: int, retention_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        pool: aiomysql.Pool,
+        names: StreamNames | Sequence[StreamNames],
+        *,
+        hot_s: int,
+        retention_s: int,
+    ) -> None:
         self.redis = redis
         self.pool = pool
-        self.names = names
+        self.partitions = (names,) if isinstance(names, StreamNames) else tuple(names)  # each partition's histories
         self.hot_s = hot_s
         self.retention_s = retention_s
-        self.key_prefix = names.history("")
 
     async def run_once(self, now_ms: int) -> tuple[int, int]:
         """One round at `now_ms`: (steps moved, archive rows trimmed)."""
@@ -157,17 +164,20 @@ class HistoryArchive:
     async def move(self, cutoff_ms: int) -> int:
         """Moves every step scored before `cutoff_ms`, key by key; returns how many."""
         moved = 0
-        # scan_iter: on a Redis Cluster it scans every master (a SCAN cursor is one node's)
-        keys = self.redis.scan_iter(match=self.names.history_pattern, count=SCAN_COUNT)
-        while True:
-            async with asyncio.timeout(QUERY_TIMEOUT_S):
-                key = await anext(keys, None)
-            if key is None:
-                return moved
-            moved += await self.move_key(_text(key), cutoff_ms)
+        for names in self.partitions:
+            # scan_iter: on a Redis Cluster it scans every master (a SCAN cursor is one node's)
+            keys = self.redis.scan_iter(match=names.history_pattern, count=SCAN_COUNT)
+            prefix = names.history("")
+            while True:
+                async with asyncio.timeout(QUERY_TIMEOUT_S):
+                    key = await anext(keys, None)
+                if key is None:
+                    break
+                text = _text(key)
+                moved += await self.move_key(text, text[len(prefix) :], cutoff_ms)
+        return moved
 
-    async def move_key(self, key: str, cutoff_ms: int) -> int:
-        aor = key[len(self.key_prefix) :]
+    async def move_key(self, key: str, aor: str, cutoff_ms: int) -> int:
         moved = 0
         while True:
             async with asyncio.timeout(QUERY_TIMEOUT_S):
@@ -204,7 +214,7 @@ class HistoryArchiver:
     def __init__(
         self,
         redis: Redis,
-        names: StreamNames,
+        names: StreamNames | Sequence[StreamNames],
         mysql: MysqlSettings,
         *,
         hot_s: int,
@@ -213,7 +223,8 @@ class HistoryArchiver:
         pool: aiomysql.Pool | None = None,
         period_s: float = PERIOD_S,
     ) -> None:
-        self.redis, self.names, self.mysql, self.pool = redis, names, mysql, pool
+        self.redis, self.mysql, self.pool = redis, mysql, pool
+        self.partitions = (names,) if isinstance(names, StreamNames) else tuple(names)
         self.hot_s, self.retention_s, self.clock, self.period_s = hot_s, retention_s, clock, period_s
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -242,7 +253,7 @@ class HistoryArchiver:
                 await self._pause()
 
     async def _rounds(self, pool: aiomysql.Pool) -> None:
-        archive = HistoryArchive(self.redis, pool, self.names, hot_s=self.hot_s, retention_s=self.retention_s)
+        archive = HistoryArchive(self.redis, pool, self.partitions, hot_s=self.hot_s, retention_s=self.retention_s)
         while not self._stop.is_set():
             try:
                 moved, trimmed = await archive.run_once(int(self.clock() * 1000))
@@ -271,7 +282,7 @@ def build_archiver(services: Services) -> HistoryArchiver:
     shared = services.mysql if settings.mysql_write is None else None
     return HistoryArchiver(
         services.redis,
-        services.names,
+        services.partitions,
         settings.mysql_write or settings.mysql,
         hot_s=settings.eventlog.history_hot_s,
         retention_s=settings.eventlog.retention_s,

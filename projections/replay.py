@@ -23,10 +23,13 @@ from runtime.eventlog import EventLog
 CHUNK = 500
 
 
-async def replay_registrations(eventlog: EventLog, clock: object = time.time) -> dict[str, int]:
-    """Rebuilds `user:<aor>`, `active-user` and the indexes: from the snapshot of the live bindings when there
-    is one, then the facts that follow what it covers (all of them without a snapshot)."""
-    names: StreamNames = eventlog.names
+async def replay_registrations(
+    eventlog: EventLog, clock: object = time.time, names: StreamNames | None = None
+) -> dict[str, int]:
+    """Rebuilds `user:<aor>`, `active-user` and the indexes of one partition (`names`, else the event log's): from
+    the snapshot of the live bindings when there is one, then the facts that follow what it covers (all of them
+    without a snapshot)."""
+    names = names or eventlog.names
     redis = eventlog.redis
     now_ms = int(clock() * 1000)  # type: ignore[operator]
     snapshot = await load_snapshot(redis, names)

@@ -184,16 +184,18 @@ def build(services: Services) -> list[Worker]:
     gauges = RegistrationGauges(services.redis, services.names, services.metrics, writer)
     if writer is None:
         return [gauges]
-    streams = [services.names.registrations]
-    refreshes = getattr(services.names, "refreshes", None)  # cached refreshes, where they have a stream of their own
-    if isinstance(refreshes, str):
-        streams.append(refreshes)
-    consumer = Consumer(
-        services.eventlog,
-        streams,
-        GROUP_ALERTS_PROJECTION,
-        Fanout(AlertsProjection(writer), StatsProjection(writer)),
-        name=f"{GROUP_ALERTS_PROJECTION}-{settings.ingest_id}",
-        linger_ms=settings.eventlog.projection_linger_ms,
-    )
-    return [consumer, gauges]
+    consumers: list[Worker] = []
+    for names in services.partitions:
+        suffix = f"-p{names.partition}" if names.partition else ""
+        consumers.append(
+            Consumer(
+                services.eventlog,
+                [names.registrations, names.refreshes],
+                GROUP_ALERTS_PROJECTION,
+                Fanout(AlertsProjection(writer), StatsProjection(writer)),
+                name=f"{GROUP_ALERTS_PROJECTION}-{settings.ingest_id}{suffix}",
+                linger_ms=settings.eventlog.projection_linger_ms,
+                names=names,
+            )
+        )
+    return [*consumers, gauges]

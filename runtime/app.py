@@ -128,7 +128,7 @@ async def run(
             *settings.http_listen,
             workers,
             metrics=lambda: collect_metrics(workers),
-            dependencies=Dependencies(redis, names, mysql),
+            dependencies=Dependencies(redis, services.partitions, mysql),
             registry=metrics,
         )
         log.info("starting roles=%s workers=%s", ",".join(roles), ",".join(w.name for w in workers))

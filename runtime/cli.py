@@ -83,6 +83,7 @@ def cmd_events_tail(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         aor=parse_aor(args.aor) if args.aor else None,
         types=parse_types(args.type or ()),
         since_ms=parse_since(args.since, datetime.now(UTC)) if args.since else None,
+        sbc=args.sbc,
     )
     tail = tail_events(settings, streams=args.stream, from_start=args.from_start, limit=args.limit, where=where)
     return _run_async(tail)
@@ -129,6 +130,7 @@ def cmd_replay(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 async def _replay(settings: StreamSettings, projection: str) -> int:
     from events import StreamNames, default_codec
+    from events.streams import partition_names
     from projections.replay import replay_registrations
     from runtime.connections import open_redis, resp_link_settings
     from runtime.eventlog import EventLog
@@ -138,8 +140,11 @@ async def _replay(settings: StreamSettings, projection: str) -> int:
         names = StreamNames(settings.eventlog.cluster_id)
         link = resp_link_settings(settings.redis)
         eventlog = EventLog(redis, default_codec(), names, settings.eventlog, link)
+        result: dict[str, int] = {}
         try:
-            result = await replay_registrations(eventlog)
+            for partition in partition_names(names.cluster_id, settings.eventlog.partitions):
+                for key, value in (await replay_registrations(eventlog, names=partition)).items():
+                    result[key] = result.get(key, 0) + value
         finally:
             eventlog.close()
     print(
@@ -230,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-start", action="store_true", help="print the retained events first, all streams merged in time order"
     )
     tail.add_argument("--aor", default=None, help="only events about this AOR (user@host, sip:user@host, <sip:...>)")
+    tail.add_argument(
+        "--sbc", default=None, help="only the requests an SBC received (its ingest id, see `sbcs`) and their decisions"
+    )
     tail.add_argument(
         "--type", action="append", default=None, help="only events of this type (e.g. RegisterRejected); repeatable"
     )

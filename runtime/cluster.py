@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import hiredis
@@ -223,9 +223,16 @@ class ClusterLinks:
                 values[index] = value
         return values
 
-    async def commit(self, commands: Sequence[Command], scripts: Sequence[tuple[str, str]] = ()) -> list[object]:
+    async def commit(
+        self,
+        commands: Sequence[Command],
+        scripts: Sequence[tuple[str, str]] = (),
+        after: Callable[[Command], bool] | None = None,
+    ) -> list[object]:
         """A consumer's commit: the commands outside the home slot first (each on its master), then MULTI/EXEC of
         the rest on the home slot's master. `scripts` are (sha, source) of the scripts the commands call.
+        Commands outside the home slot for which `after` is true (a reply to an ingest of another partition) run
+        after the EXEC instead: an answer never goes out before the facts it answers are stored.
 
         The home slot is that of the first XACK (the streams the commit acknowledges), else of the first command.
         """
@@ -233,15 +240,22 @@ class ClusterLinks:
         if home is None:
             home = next((s for c in commands if (s := command_slot(c)) is not None), None)
         inside: list[Command] = []
-        outside: list[Command] = []
+        before: list[Command] = []
+        later: list[Command] = []
         for command in commands:
             slot = command_slot(command)
-            (inside if slot is None or slot == home else outside).append(command)
-        if outside:
-            await self._run_outside(outside, scripts)
+            if slot is None or slot == home:
+                inside.append(command)
+            else:
+                (later if after is not None and after(command) else before).append(command)
+        if before:
+            await self._run_outside(before, scripts)
         sources = {sha: source for sha, source in scripts}
         used = [sources[sha] for sha in _shas(inside) if sha in sources]
-        return await self.transaction(inside, used)
+        replies = await self.transaction(inside, used)
+        if later:
+            await self._run_outside(later, scripts)
+        return replies
 
     async def _run_outside(self, commands: Sequence[Command], scripts: Sequence[tuple[str, str]]) -> None:
         """Runs the commands (no MULTI: they span slots), each script they call loaded first on its master."""

@@ -34,7 +34,7 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
-from events import Event, EventDecodeError
+from events import Event, EventDecodeError, StreamNames
 from runtime.eventlog import EventLog
 from runtime.handling import BatchHandler, ConcurrentHandler, Delivery, Outcome, Step
 from runtime.redis_scripts import scripts_used
@@ -86,8 +86,11 @@ class Consumer:
         name: str | None = None,
         block_ms: int | None = None,
         linger_ms: int = 0,
+        names: StreamNames | None = None,
     ) -> None:
         self.log = eventlog
+        # The partition whose keys (checkpoint, failures, liveness, dead letters) go with the streams read.
+        self.names = names or eventlog.names
         self.streams = [stream] if isinstance(stream, str) else list(stream)
         self.group = group
         self.handler = handler
@@ -103,14 +106,15 @@ class Consumer:
         self.liveness_ms = settings.consumer_liveness_ms
         self.max_deliveries = settings.max_deliveries
         self.stats = ConsumerStats()
-        self.metrics_name = f"consumer_{group}"
+        partition = self.names.partition
+        self.metrics_name = f"consumer_{group}" if not partition else f"consumer_{group}_p{partition}"
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._next_claim = 0.0
         self._next_takeover = 0.0
-        self._alive_key = eventlog.names.consumer_alive(group, self.name)
+        self._alive_key = self.names.consumer_alive(group, self.name)
         self._failures: dict[str, str] = {}  # "<stream>|<id>" -> last error, for the dead letter
-        self._failures_key = eventlog.names.failures(group)
+        self._failures_key = self.names.failures(group)
         self._positions = {s: ">" for s in self.streams}
         self._reader = eventlog.blocking_reader()
 
@@ -212,7 +216,7 @@ class Consumer:
             names = [_text(c["name"]) for c in others]
             pipe = redis.pipeline(transaction=False)
             for name in names:
-                pipe.exists(self.log.names.consumer_alive(self.group, name))
+                pipe.exists(self.names.consumer_alive(self.group, name))
             alive = await pipe.execute()
             for consumer, name, is_alive in zip(others, names, alive, strict=True):
                 if is_alive:
@@ -419,12 +423,12 @@ class Consumer:
                 "dead_deliveries",
                 dead.deliveries,
             ]
-            commands.append(("XADD", self.log.names.dead, "MAXLEN", "~", 100_000, "*", *fields))
+            commands.append(("XADD", self.names.dead, "MAXLEN", "~", 100_000, "*", *fields))
             commands.append(("HDEL", self._failures_key, _key(dead.stream, entry_id)))
             acked.setdefault(dead.stream, []).append(entry_id)
             self._failures.pop(_key(dead.stream, entry_id), None)
             log.error("entry moved to dead stream group=%s id=%s error=%s", self.group, entry_id, dead.error)
-        checkpoint = self.log.names.checkpoint(self.group)
+        checkpoint = self.names.checkpoint(self.group)
         for stream, ids in acked.items():
             commands.append(("XACK", stream, self.group, *ids))
             commands.append(("HSET", checkpoint, stream, ids[-1]))
@@ -480,8 +484,9 @@ class ConcurrentConsumer(Consumer):
         max_in_flight: int,
         name: str | None = None,
         block_ms: int | None = None,
+        names: StreamNames | None = None,
     ) -> None:
-        super().__init__(eventlog, stream, group, handler, name=name, block_ms=block_ms)
+        super().__init__(eventlog, stream, group, handler, name=name, block_ms=block_ms, names=names)
         self.concurrent: ConcurrentHandler = handler
         self.max_in_flight = max(1, max_in_flight)
         self._in_flight = 0

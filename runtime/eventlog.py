@@ -192,7 +192,7 @@ class EventLog:
         transaction that uses it (once per batch: cheap next to the batch itself).
         """
         if self._cluster is not None:
-            await self._cluster.commit(commands, [(s.sha, s.source) for s in scripts])
+            await self._cluster.commit(commands, [(s.sha, s.source) for s in scripts], self._is_reply_append)
             return
         if self._link is not None:
             await self._link.transaction(commands, [s.source for s in scripts])
@@ -203,6 +203,9 @@ class EventLog:
         for command in commands:
             pipe.execute_command(*command)
         await pipe.execute()
+
+    def _is_reply_append(self, command: Sequence[object]) -> bool:
+        return command[0] == "XADD" and self.names.is_replies(str(command[1]))
 
     async def read_keys(self, keys: list[str]) -> list[Any]:
         """MGET over the hot-path link: values of keys the projections keep (None where absent)."""

@@ -69,12 +69,13 @@ class Dependencies:
     def __init__(
         self,
         redis: Redis,
-        names: StreamNames,
+        names: StreamNames | Sequence[StreamNames],
         mysql: aiomysql.Pool | None = None,
         timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         self.redis = redis
-        self.names = names
+        self.partitions = (names,) if isinstance(names, StreamNames) else tuple(names)
+        self.names = self.partitions[0]
         self.mysql = mysql
         self.timeout_s = timeout_s
 
@@ -108,11 +109,12 @@ class Dependencies:
             await cursor.execute("SELECT 1")
 
     async def groups(self) -> tuple[list[GroupState], int]:
-        """Every consumer group of the partition's streams, and the dead-letter stream's length."""
+        """Every consumer group of the partitions' streams (a partition other than 0 named after the stream's kind:
+        `requests:p1`), and the dead-letter stream's length."""
         states: list[GroupState] = []
         async with asyncio.timeout(self.timeout_s):
-            for kind in STREAM_KINDS:
-                stream = getattr(self.names, kind, None)
+            for names, kind in ((names, kind) for names in self.partitions for kind in STREAM_KINDS):
+                stream = getattr(names, kind, None)
                 if not isinstance(stream, str):
                     continue
                 try:
@@ -123,7 +125,7 @@ class Dependencies:
                     name = info["name"]
                     states.append(
                         GroupState(
-                            stream=kind,
+                            stream=f"{kind}:p{names.partition}" if names.partition else kind,
                             group=name.decode() if isinstance(name, bytes) else str(name),
                             lag=info.get("lag"),
                             pending=int(info.get("pending") or 0),

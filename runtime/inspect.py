@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from events import EVENT_TYPES, Event, EventCodec, StreamNames, default_codec
+from events import EVENT_TYPES, Event, EventCodec, StreamNames, default_codec, partition_of
+from events.streams import partition_names
 from runtime.connections import open_redis
 from runtime.settings import StreamSettings
 
@@ -110,18 +111,33 @@ def entry_key(entry_id: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class TailFilter:
-    """Which entries `events tail` prints: all of one AOR, of some types, appended since a time."""
+    """Which entries `events tail` prints: all of one AOR, of some types, through one SBC, appended since a time."""
 
     aor: str | None = None
     types: frozenset[str] = frozenset()
     since_ms: int | None = None
+    sbc: str | None = None  # an ingest id: its requests, and the decisions about them
 
-    def admits(self, entry_id: str, event_type: str, aor: str | None) -> bool:
+    def admits(self, entry_id: str, event_type: str, aor: str | None, sbc: str | None = None) -> bool:
         if self.since_ms is not None and entry_key(entry_id)[0] < self.since_ms:
             return False
         if self.types and event_type not in self.types:
             return False
+        if self.sbc is not None and sbc != self.sbc:
+            return False
         return self.aor is None or aor == self.aor
+
+
+def sbc_of(event: Event | None) -> str | None:
+    """The SBC (ingest id) that received the request an event is or answers: a request's `reply_to`, a decision's
+    request summary; None for what no SBC received (expiries, server and carrier facts)."""
+    if event is None:
+        return None
+    summary = getattr(event, "request", None)
+    if summary is not None:
+        return getattr(summary, "sbc", None)
+    reply_to = getattr(event, "reply_to", None)
+    return reply_to if isinstance(reply_to, str) else None
 
 
 def describe(event: Event) -> str:
@@ -146,7 +162,7 @@ def render(entry: Entry, codec: EventCodec, where: TailFilter) -> str | None:
     except ValueError as exc:
         event, problem = None, str(exc)
     aor = getattr(event, "aor", None) if event is not None else None
-    if not where.admits(entry_id, event_type, aor):
+    if not where.admits(entry_id, event_type, aor, sbc_of(event)):
         return None
     if kind == "dead":
         error = fields.get(b"dead_error", b"").decode(errors="replace")
@@ -208,8 +224,10 @@ async def tail_events(
     limit: int | None,
     where: TailFilter = TailFilter(),
 ) -> int:
-    """Prints the backlog asked for (`from_start` or `where.since_ms`) in stream-id order, then follows."""
-    names = StreamNames(settings.eventlog.cluster_id)
+    """Prints the backlog asked for (`from_start` or `where.since_ms`) in stream-id order, then follows. Every
+    partition's streams are read (SIDECAR_PARTITIONS), each partition's in a read of its own (on a Redis Cluster a
+    read spans one slot)."""
+    partitions = partition_names(settings.eventlog.cluster_id, settings.eventlog.partitions)
     kinds = list(dict.fromkeys(streams or STREAM_KINDS))
     unknown = [k for k in kinds if k not in STREAM_KINDS]
     if unknown:
@@ -230,6 +248,7 @@ async def tail_events(
     async with open_redis(settings.redis) as redis:
         backlogs = [
             _Backlog(redis, kind, getattr(names, kind), await _start_after(redis, getattr(names, kind), since_ms))
+            for names in partitions
             for kind in kinds
         ]
         if limit is not None and limit <= 0:
@@ -237,16 +256,21 @@ async def tail_events(
         async for entry in merged_backlog(backlogs):
             if show(entry):
                 return 0
-        positions = {backlog.stream: backlog.after for backlog in backlogs}
         kind_of = {backlog.stream: backlog.kind for backlog in backlogs}
+        positions = [
+            {b.stream: b.after for b in backlogs if b.stream.startswith(f"{names.prefix}:")} for names in partitions
+        ]
         while True:
-            response: Any = await redis.xread(positions, count=100, block=1000)  # type: ignore[arg-type]
+            responses: Any = await asyncio.gather(
+                *(redis.xread(p, count=100, block=1000) for p in positions)  # type: ignore[arg-type]
+            )
             arrived: list[Entry] = []
-            for stream, entries in response or []:
-                stream_name = stream.decode()
-                for entry_id, fields in entries:
-                    positions[stream_name] = entry_id.decode()
-                    arrived.append((kind_of[stream_name], entry_id.decode(), fields))
+            for partition_positions, response in zip(positions, responses, strict=True):
+                for stream, entries in response or []:
+                    stream_name = stream.decode()
+                    for entry_id, fields in entries:
+                        partition_positions[stream_name] = entry_id.decode()
+                        arrived.append((kind_of[stream_name], entry_id.decode(), fields))
             for entry in sorted(arrived, key=lambda e: entry_key(e[1])):
                 if show(entry):
                     return 0
@@ -266,7 +290,7 @@ async def print_history(
     from projections.history import describe_step, load_history
 
     aor = parse_aor(address)
-    names = StreamNames(settings.eventlog.cluster_id)
+    names = StreamNames(settings.eventlog.cluster_id, partition_of(aor, settings.eventlog.partitions))
     archived = await _archived_steps(settings, aor, since_ms)
     async with open_redis(settings.redis) as redis:
         steps = await load_history(redis, names, aor, since_ms=since_ms, until_ms=until_ms, archived=archived)

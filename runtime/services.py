@@ -13,6 +13,7 @@ import aiomysql
 from redis.asyncio import Redis
 
 from events import EventCodec, StreamNames
+from events.streams import partition_names
 from runtime.eventlog import EventLog
 from runtime.metrics import Metrics
 from runtime.settings import Settings
@@ -53,3 +54,9 @@ class Services:
     clock: Clock = field(default=time.time)
     metrics: Metrics = field(default_factory=Metrics)  # Prometheus families and StatsD
     time_series: TimeSeriesWriter | None = None  # InfluxDB (v1 or 2.x API); None: alerts and stats are off
+
+    @property
+    def partitions(self) -> tuple[StreamNames, ...]:
+        """The names of every partition (SIDECAR_PARTITIONS); `names` is partition 0, which also holds what is
+        not an AOR's (heartbeats, servers, carriers, commands, replies, membership, the dead letters)."""
+        return partition_names(self.names.cluster_id, self.settings.eventlog.partitions)

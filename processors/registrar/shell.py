@@ -44,7 +44,7 @@ from events import (
     new_event_id,
     user_key,
 )
-from events.streams import ACTIVE_USER_KEY
+from events.streams import ACTIVE_USER_KEY, partition_of
 from processors.registrar.accounts import DEFAULT_CACHE_TTL_S, AccountStore
 from processors.registrar.client_password import ClientPasswordCipher
 from processors.registrar.decide import Decision, Need, RegistrarPolicy, decide
@@ -82,11 +82,19 @@ class RegistrarConfig:
     webhook_max_concurrency: int = 400  # SIDECAR_WEBHOOK_MAX_CONCURRENCY, per account
     webhook_breaker_failures: int = 5  # SIDECAR_WEBHOOK_BREAKER_FAILURES (0: no breaker)
     webhook_breaker_open_s: float = 30.0  # SIDECAR_WEBHOOK_BREAKER_OPEN_S
-    streams: StreamNames = StreamNames()  # the partition this registrar consumes and writes
+    # Partition 0: the reply streams and the throttle's keys (an IP's failures count across every AOR it tries).
+    streams: StreamNames = StreamNames()
+    partitions: int = 1  # SIDECAR_PARTITIONS: an AOR's facts go to the partition of its requests
     throttle: ThrottlePolicy | None = None  # SIDECAR_AUTH_*: brute-force throttling (None: off)
 
+    def facts_streams(self, aor: str | None) -> StreamNames:
+        """The partition an AOR's facts go to: the one its requests came from (`partition_of`, as ingest chose)."""
+        if self.partitions <= 1:
+            return self.streams
+        return StreamNames(self.streams.cluster_id, partition_of(aor or "", self.partitions))
+
     @classmethod
-    def from_settings(cls, settings: Settings, partition: int = 0) -> RegistrarConfig:
+    def from_settings(cls, settings: Settings) -> RegistrarConfig:
         refresh_ttl_s = settings.mysql.refresh_ttl_s
         return cls(
             encryption_secret=settings.encryption_secret.reveal(),
@@ -99,8 +107,9 @@ class RegistrarConfig:
             webhook_max_concurrency=settings.webhook_max_concurrency,
             webhook_breaker_failures=settings.webhook_breaker_failures,
             webhook_breaker_open_s=settings.webhook_breaker_open_s,
-            streams=StreamNames(settings.eventlog.cluster_id, partition),
-            throttle=throttle_policy(settings, StreamNames(settings.eventlog.cluster_id, partition)),
+            streams=StreamNames(settings.eventlog.cluster_id),
+            partitions=settings.eventlog.partitions,
+            throttle=throttle_policy(settings, StreamNames(settings.eventlog.cluster_id)),
         )
 
 
@@ -305,7 +314,7 @@ class Registrar:
             fact.late_ms,
             request.call_id,
         )
-        return Outcome(appends=[(self._config.streams.registrations, fact)])
+        return Outcome(appends=[(self._config.facts_streams(request.aor).registrations, fact)])
 
     def _outcome(self, request: RegisterReceived, decision: Decision) -> Outcome:
         """The decision's facts (the answering one carrying the request's summary, for the history) and reply.
@@ -313,7 +322,7 @@ class Registrar:
         A cached refresh changes nothing stored: its fact goes to the `refreshes` work queue, which the
         history folds into a run and which is trimmed once read, so refreshes do not grow the log.
         """
-        streams = self._config.streams
+        streams = self._config.facts_streams(request.aor)
         facts = list(decision.facts)
         if facts:
             facts[-1] = _answering(facts[-1], request)
@@ -321,7 +330,7 @@ class Registrar:
             (streams.refreshes if isinstance(fact, RegistrationRefreshed) else streams.registrations, fact)
             for fact in facts
         ]
-        appends.append((streams.replies(request.reply_to), decision.reply))
+        appends.append((self._config.streams.replies(request.reply_to), decision.reply))
         self.throttle_stats.count(decision)
         return Outcome(appends=appends, writes=list(decision.writes))
 
