@@ -8,11 +8,15 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from redis.asyncio import Redis
 
 from runtime.compiled import stale_modules
+
+if TYPE_CHECKING:
+    from tests.rediscluster import LocalCluster
 
 if stale_modules():  # checked before any test imports them: an old build would shadow the edited source
     STALE = ", ".join(stale_modules())
@@ -139,3 +143,15 @@ def sidecar_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
         timeout=60,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real local Redis Cluster of three masters (tests/rediscluster.py), shared by the tests that need one."""
+    from tests.rediscluster import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

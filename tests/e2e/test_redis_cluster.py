@@ -13,7 +13,6 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from events import StreamNames
 from events.streams import partition_of
 from tests.conftest import base_env, sidecar_cli
 from tests.e2e.conftest import start_sidecar, stop_sidecar
-from tests.rediscluster import LocalCluster, start_cluster
+from tests.rediscluster import LocalCluster
 
 PHONES = 150
 PARTITIONS = 3
@@ -36,15 +35,6 @@ RESTART_AFTER_S = 1.0  # into the refresh round, the master is killed ...
 DOWN_FOR_S = 1.5  # ... and started again this much later (less than the cluster's node timeout, 2 s)
 
 pytestmark = [pytest.mark.timeout(300)]
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def granted_per_partition(client: RedisCluster, cluster_id: str) -> dict[int, int]:
