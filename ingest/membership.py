@@ -5,16 +5,17 @@ refreshed every second, and records its last heartbeat in `sbc-seen` (ingest id 
 clocks do not matter) and its details in `sbc-details`; `sbc-sidecar sbcs` reads them. A clean stop deletes the
 key and notes the stop in the details.
 
-An SBC whose key has lapsed and whose last heartbeat is older than the reply deadline is gone: every request
-it was holding has been answered 500 by now (or was never answered), so nothing will ever read its reply stream
-again. Each live ingest checks every few seconds, and a Lua script (one atomic step, so two peers never disagree)
-deletes the gone SBC's reply stream (`replies:<ingest_id>`) and destroys its edge group (`edge:<ingest_id>` on
-`commands`: only that SBC sent the commands addressed to it; the regbot re-issues an unanswered REGISTER after
-70 s). The first peer to do so records when in `sbc-cleaned` and logs it; the deletion itself is repeated while
-the record lasts, which is harmless and removes a reply stream that a late reply re-created. Consumers of the
-other groups are the consumer loop's business (runtime/consumer.py takes over and removes consumers whose
-liveness key lapsed). The record of a gone SBC is forgotten after `DEAD_SBC_IN_SECOND`, as jambonz forgets the
-`sbc_addresses` row of a dead SBC.
+An SBC whose key has lapsed is gone. It may have taken requests after its last heartbeat (up to a heartbeat
+interval, more if its event loop lagged), but none after its key lapsed; so once a reply deadline has passed since
+then, every request it was holding is past its deadline and has been answered 500 (or never answered), and nothing
+will ever read its reply stream again. Each live ingest checks every few seconds, and a Lua script (one atomic
+step, so two peers never disagree) deletes the gone SBC's reply stream (`replies:<ingest_id>`) and destroys its
+edge group (`edge:<ingest_id>` on `commands`: only that SBC sent the commands addressed to it; the regbot
+re-issues an unanswered REGISTER after 70 s). The first peer to do so records when in `sbc-cleaned` and logs it;
+the deletion itself is repeated while the record lasts, which is harmless and removes a reply stream that a late
+reply re-created. Consumers of the other groups are the consumer loop's business (runtime/consumer.py takes over
+and removes consumers whose liveness key lapsed). The record of a gone SBC is forgotten after `DEAD_SBC_IN_SECOND`,
+as jambonz forgets the `sbc_addresses` row of a dead SBC.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ return now
 """,
 )
 
-# KEYS: alive, seen, cleaned, reply stream, commands stream. ARGV: ingest id, reply deadline ms, edge group.
+# KEYS: alive, seen, cleaned, reply stream, commands stream. ARGV: ingest id, silent at least (ms), edge group.
 # Returns {first clean-up (1/0), reply stream deleted (1/0), edge group destroyed (1/0)}, or {-1} if not gone.
 CLEAN_UP = Script(
     "sbc-clean-up",
@@ -131,6 +132,7 @@ class Membership:
         public_address: str | None = None,
         reply_deadline_s: float = 10.0,
         forget_after_s: float = 3600.0,
+        alive_ttl_s: float = ALIVE_TTL_MS / 1000,
     ) -> None:
         self.redis = redis
         self.names = names
@@ -138,7 +140,10 @@ class Membership:
         self.sbc_address = sbc_address
         self.public_address = public_address
         self.reply_deadline_ms = int(reply_deadline_s * 1000)
-        self.forget_after_ms = int(max(forget_after_s, reply_deadline_s) * 1000)
+        self.alive_ttl_ms = int(alive_ttl_s * 1000)  # every SBC's heartbeat key lives this long
+        # A peer silent this long has been gone (its key lapsed) for a whole reply deadline.
+        self.gone_after_ms = self.alive_ttl_ms + self.reply_deadline_ms
+        self.forget_after_ms = max(int(forget_after_s * 1000), self.gone_after_ms)
         self.started_at_ms = 0
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -216,7 +221,7 @@ class Membership:
 
     async def announce(self) -> None:
         payload = msgspec.json.encode(self.announcement()).decode()
-        await ANNOUNCE.run(self.redis, self._keys(self.ingest_id), [self.ingest_id, payload, ALIVE_TTL_MS])
+        await ANNOUNCE.run(self.redis, self._keys(self.ingest_id), [self.ingest_id, payload, self.alive_ttl_ms])
         self.announced += 1
 
     async def sign_off(self) -> None:
@@ -226,11 +231,11 @@ class Membership:
         log.info("sbc signed off ingest_id=%s", self.ingest_id)
 
     async def clean_up(self) -> None:
-        """Every peer gone longer than the reply deadline: its reply stream and edge group removed."""
+        """Every peer whose key lapsed a reply deadline ago: its reply stream and edge group removed."""
         seconds, micros = await self.redis.time()
         now_ms = seconds * 1000 + micros // 1000
         seen: Any = await self.redis.zrangebyscore(
-            self.names.sbc_seen, "-inf", now_ms - self.reply_deadline_ms, withscores=True
+            self.names.sbc_seen, "-inf", now_ms - self.gone_after_ms, withscores=True
         )
         for member, last_seen_ms in seen:
             peer = member.decode() if isinstance(member, bytes) else str(member)
@@ -243,7 +248,7 @@ class Membership:
     async def _clean_up(self, peer: str, silent_ms: int) -> None:
         names = self.names
         keys = [names.sbc_alive(peer), names.sbc_seen, names.sbc_cleaned, names.replies(peer), names.commands]
-        result: Any = await CLEAN_UP.run(self.redis, keys, [peer, self.reply_deadline_ms, edge_group(peer)])
+        result: Any = await CLEAN_UP.run(self.redis, keys, [peer, self.gone_after_ms, edge_group(peer)])
         if int(result[0]) == 1:
             self.peers_cleaned += 1
             log.info(

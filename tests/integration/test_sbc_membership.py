@@ -1,5 +1,5 @@
 """SBC membership against the real Redis: heartbeats, `sbcs`, and the clean-up after a gone SBC (once, by one
-peer, only after the reply deadline, never while its heartbeat lives)."""
+peer, only a reply deadline after its heartbeat lapsed, never while its heartbeat lives)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ async def test_heartbeat_key_has_a_ttl_and_sbcs_lists_live_ones(redis: Redis, na
 
 async def test_a_gone_sbc_is_cleaned_up_after_the_reply_deadline_by_one_peer(redis: Redis, names: StreamNames) -> None:
     await a_dead_sbc(redis, names, "sbc-a")
-    b = member(redis, names, "sbc-b", reply_deadline_s=0.5)
-    c = member(redis, names, "sbc-c", reply_deadline_s=0.5)
+    b = member(redis, names, "sbc-b", reply_deadline_s=0.5, alive_ttl_s=0.05)
+    c = member(redis, names, "sbc-c", reply_deadline_s=0.5, alive_ttl_s=0.05)
     await b.announce()
     await c.announce()
 
@@ -64,6 +64,7 @@ async def test_a_gone_sbc_is_cleaned_up_after_the_reply_deadline_by_one_peer(red
     assert edge_group("sbc-a") in await groups_of_commands(redis, names)
 
     await asyncio.sleep(0.6)
+    await asyncio.gather(b.announce(), c.announce())  # their own heartbeats go on
     await asyncio.gather(b.clean_up(), c.clean_up())
     assert b.peers_cleaned + c.peers_cleaned == 1  # once
     assert await redis.exists(names.replies("sbc-a")) == 0
@@ -82,6 +83,26 @@ async def test_a_gone_sbc_is_cleaned_up_after_the_reply_deadline_by_one_peer(red
     assert states["sbc-a"].cleaned_at_ms is not None
     assert states["sbc-a"].announcement is not None
     assert states["sbc-a"].announcement.sbc_address == "udp/10.200.0.5:5070"
+
+
+async def test_requests_taken_after_the_last_heartbeat_keep_the_reply_stream_until_their_deadline(
+    redis: Redis, names: StreamNames
+) -> None:
+    """An SBC takes requests until it dies, up to a heartbeat interval after its last heartbeat: the reply deadline
+    is counted from when its key lapsed, not from its last heartbeat."""
+    a = member(redis, names, "sbc-a", alive_ttl_s=0.3)
+    b = member(redis, names, "sbc-b", reply_deadline_s=0.5, alive_ttl_s=0.3)
+    await a.announce()  # its last heartbeat
+    await redis.xadd(names.replies("sbc-a"), {"type": "ReplyIssued"})
+    await asyncio.sleep(0.25)  # A takes a request (its deadline 0.5 s from now, at 0.75 s) and dies
+    await b.announce()
+    await asyncio.sleep(0.4)  # 0.65 s: past the last heartbeat's reply deadline, not the request's
+    await b.clean_up()
+    assert await redis.exists(names.replies("sbc-a")) == 1 and b.peers_cleaned == 0
+    await asyncio.sleep(0.2)  # 0.85 s: its key lapsed (0.3 s) a reply deadline (0.5 s) ago
+    await b.announce()
+    await b.clean_up()
+    assert await redis.exists(names.replies("sbc-a")) == 0 and b.peers_cleaned == 1
 
 
 async def test_a_live_sbc_is_never_cleaned_up_and_one_that_comes_back_is_live(redis: Redis, names: StreamNames) -> None:
@@ -104,7 +125,7 @@ async def test_a_live_sbc_is_never_cleaned_up_and_one_that_comes_back_is_live(re
 
 async def test_a_gone_sbc_is_forgotten_after_a_while(redis: Redis, names: StreamNames) -> None:
     await a_dead_sbc(redis, names, "sbc-a")
-    b = member(redis, names, "sbc-b", reply_deadline_s=0.1, forget_after_s=0.4)
+    b = member(redis, names, "sbc-b", reply_deadline_s=0.1, forget_after_s=0.4, alive_ttl_s=0.05)
     await asyncio.sleep(0.2)
     await b.clean_up()
     assert b.peers_cleaned == 1
@@ -132,9 +153,10 @@ async def test_the_worker_heartbeats_and_signs_off_on_a_clean_stop(redis: Redis,
 
 async def test_sbcs_command_prints_live_and_dead(redis: Redis, names: StreamNames, cluster_id: str) -> None:
     await a_dead_sbc(redis, names, "sbc-a")
+    seconds, _ = await redis.time()
+    await redis.zadd(names.sbc_seen, {"sbc-a": seconds * 1000 - 5000})  # its last heartbeat 5 s ago
     b = member(redis, names, "sbc-b", reply_deadline_s=0.1)
     await b.announce()
-    await asyncio.sleep(0.2)
     await b.clean_up()
     env = {
         "JAMBONES_REDIS_HOST": REDIS_HOST,
