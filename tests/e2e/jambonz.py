@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiomysql
@@ -48,6 +49,7 @@ class AuthWebhook:
 
     seen: list[SeenRequest] = field(default_factory=list)
     delay_s: float = 0.0
+    delay_for: Callable[[dict[str, object]], float] | None = None  # per call (its payload), instead of delay_s
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -89,8 +91,9 @@ class AuthWebhook:
             request.headers.get("Authorization") == basic,
         )
         self.seen.append(seen)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        delay_s = self.delay_for(payload) if self.delay_for is not None else self.delay_s
+        if delay_s:
+            await asyncio.sleep(delay_s)
         if not seen.basic_ok:
             return web.Response(status=401)
         if not seen.signature_ok:
