@@ -31,12 +31,14 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events.streams import StreamNames, edge_group
+from runtime.faults import REDIS_FAULTS
 from runtime.redis_scripts import Script
 
 log = logging.getLogger(__name__)
+
+_FAULTS: tuple[type[BaseException], ...] = (*REDIS_FAULTS, OSError, TimeoutError)
 
 ANNOUNCE_EVERY_S = 1.0
 ADDRESS_CHECK_S = 0.1  # the front binds (or drachtio reconnects) after the first heartbeat
@@ -204,14 +206,14 @@ class Membership:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
                 seconds, micros = await self.redis.time()
             return seconds * 1000 + micros / 1000
-        except (RedisError, OSError, TimeoutError):
+        except _FAULTS:
             return time.time() * 1000  # only for the record; the heartbeats' times are Redis's
 
     async def _guarded(self, step: Awaitable[None]) -> None:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
                 await step
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAULTS as exc:
             self.failures += 1
             log.warning("sbc membership step failed ingest_id=%s error=%s", self.ingest_id, exc)
 

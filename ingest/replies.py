@@ -11,12 +11,14 @@ import logging
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import Event, EventCodec, ReplyIssued
 from runtime.eventlog import StreamReader
+from runtime.faults import REDIS_FAULTS
 
 log = logging.getLogger(__name__)
+
+_FAULTS: tuple[type[BaseException], ...] = (*REDIS_FAULTS, TimeoutError)
 
 
 REPLY_STREAM_TTL_S = 3600
@@ -74,7 +76,7 @@ class ReplyRouter:
         try:
             async with asyncio.timeout(2):
                 await self.redis.delete(self.stream)
-        except (RedisError, TimeoutError) as exc:
+        except _FAULTS as exc:
             log.warning("reply stream left behind stream=%s error=%s", self.stream, exc)
 
     async def _keep_alive(self) -> None:
@@ -85,7 +87,7 @@ class ReplyRouter:
         self._next_keep_alive = now + REPLY_STREAM_TTL_S / 4
         try:
             await self.redis.expire(self.stream, REPLY_STREAM_TTL_S)
-        except RedisError as exc:
+        except REDIS_FAULTS as exc:
             log.warning("reply stream expiry not renewed error=%s", exc)
 
     async def _read_until_stopped(self) -> None:
@@ -96,7 +98,7 @@ class ReplyRouter:
                     {self.stream: self._last_id}, count=500, block_ms=100 if self._stopping else self.block_ms
                 )
                 backoff = 0.05
-            except RedisError as exc:
+            except REDIS_FAULTS as exc:
                 log.warning("reply stream read failed error=%s; retrying", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

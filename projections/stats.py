@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import (
     Event,
@@ -44,6 +43,7 @@ from events import (
 from events.streams import ACTIVE_USER_KEY
 from projections.alerts import event_time_ns
 from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line
+from runtime.faults import STORE_FAULTS
 from runtime.handling import Delivery, Outcome
 from runtime.metrics import Metrics
 from runtime.periodic import Periodic
@@ -127,7 +127,7 @@ class RegistrationGauges(Periodic):
     """A Worker: every `interval_s`, the registered users and the servers, to metrics and InfluxDB."""
 
     name = "registration-gauges"
-    faults = (RedisError, OSError, TimeoutError)
+    faults = (*STORE_FAULTS, OSError, TimeoutError)
 
     def __init__(
         self,

@@ -32,10 +32,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from redis.exceptions import RedisError
-
 from events import Event, EventDecodeError, StreamNames
 from runtime.eventlog import EventLog
+from runtime.faults import REDIS_FAULTS
 from runtime.handling import BatchHandler, ConcurrentHandler, Delivery, Outcome, Step
 from runtime.redis_scripts import scripts_used
 
@@ -165,7 +164,7 @@ class Consumer:
             try:
                 await self.run_once()
                 backoff = 0.05
-            except RedisError as exc:
+            except REDIS_FAULTS as exc:
                 if "NOGROUP" in str(exc):  # Redis restarted without its data: the group is gone
                     await self._recreate_groups()
                     continue
@@ -184,7 +183,7 @@ class Consumer:
             await asyncio.sleep(self.liveness_ms / 3000)
             try:
                 await self._announce()
-            except RedisError as exc:
+            except REDIS_FAULTS as exc:
                 log.warning("consumer liveness not refreshed group=%s error=%s", self.group, exc)
 
     async def _leave(self) -> None:
@@ -197,7 +196,7 @@ class Consumer:
                 )
                 if not pending:
                     await self.log.redis.xgroup_delconsumer(stream, self.group, self.name)
-        except RedisError as exc:
+        except REDIS_FAULTS as exc:
             log.warning("consumer not removed from its group group=%s error=%s", self.group, exc)
 
     async def _orphans(self) -> dict[str, list[str]]:
@@ -260,7 +259,7 @@ class Consumer:
         try:
             for stream in self.streams:
                 await self.log.ensure_group(stream, self.group)
-        except RedisError as exc:
+        except REDIS_FAULTS as exc:
             log.warning("consumer group not created group=%s error=%s", self.group, exc)
             await self._sleep(0.5)
 
@@ -597,7 +596,7 @@ class ConcurrentConsumer(Consumer):
                 await self._commit(batch, [result for _, result in decided])
                 self.stats.batches += 1
                 self.stats.delivered += len(decided)
-            except RedisError as exc:
+            except REDIS_FAULTS as exc:
                 # Nothing was committed: the entries stay pending and are claimed again (claim_idle_ms).
                 log.warning("commit failed group=%s entries=%d error=%s", self.group, len(decided) + len(dead), exc)
             self._release([delivery for delivery, _ in decided], len(dead))

@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from events import Event, EventCodec, StreamNames
 from events.codec import FIELD_DATA, FIELD_TYPE, FIELD_VERSION
 from runtime.cluster import ClusterLinks
 from runtime.connections import is_cluster_client
 from runtime.errors import StoreUnavailable
+from runtime.faults import REDIS_FAULTS
 from runtime.redis_scripts import Script
 from runtime.resp import LinkSettings, RespLink
 from runtime.settings import EventLogSettings
@@ -277,7 +278,7 @@ class EventLog:
                 for command in commands:
                     pipe.execute_command(*command)
                 ids = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_FAULTS as exc:
             raise StoreUnavailable(f"append of {len(commands)} events failed: {exc}") from exc
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 

@@ -22,12 +22,16 @@ from dataclasses import dataclass
 import aiomysql
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from events import StreamNames
+from runtime.faults import REDIS_FAULTS
 from runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_PROBE_FAULTS: tuple[type[BaseException], ...] = (*REDIS_FAULTS, OSError, aiomysql.Error)
+_READ_FAULTS: tuple[type[BaseException], ...] = (*REDIS_FAULTS, OSError, TimeoutError)
 
 PROBE_TIMEOUT_S = 1.0
 STREAM_KINDS = ("requests", "heartbeats", "registrations", "refreshes", "servers", "carriers", "commands")
@@ -92,7 +96,7 @@ class Dependencies:
                 await ping()  # type: ignore[misc]
         except TimeoutError:
             return DependencyState(name, False, (time.perf_counter() - started) * 1000, "no answer in time")
-        except (RedisError, OSError, aiomysql.Error) as exc:
+        except _PROBE_FAULTS as exc:
             error = f"{type(exc).__name__}: {exc}"[:200]
             return DependencyState(name, False, (time.perf_counter() - started) * 1000, error)
         return DependencyState(name, True, (time.perf_counter() - started) * 1000)
@@ -215,7 +219,7 @@ class HealthServer:
         if self.dependencies is not None and all(state.ok for state in states if state.name == "redis"):
             try:
                 groups, dead = await self.dependencies.groups()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except _READ_FAULTS as exc:
                 details["streams"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
             else:
                 details["streams"] = {
@@ -229,7 +233,7 @@ class HealthServer:
         if self.dependencies is not None:
             try:
                 groups, dead = await self.dependencies.groups()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except _READ_FAULTS as exc:
                 log.debug("stream state not sampled error=%s", exc)  # the families keep their last values
             else:
                 self.registry.streams_sampled({(g.stream, g.group): (g.lag, g.pending) for g in groups}, dead)

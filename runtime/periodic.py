@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.exceptions import RedisError
+from runtime.faults import STORE_FAULTS
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ class Periodic:
     """
 
     name = "periodic"
-    faults: tuple[type[BaseException], ...] = (RedisError,)  # logged, and the next step tries again
+    faults: tuple[type[BaseException], ...] = STORE_FAULTS  # logged, and the next step tries again
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s

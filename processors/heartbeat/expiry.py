@@ -26,16 +26,18 @@ from datetime import UTC, datetime
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import ServerExpired, StreamNames
 from events.envelope import new_event_id
 from events.servers import ExpiringKind
 from projections.servers import EXPIRING_KINDS, server_set
 from runtime.eventlog import EventLog
+from runtime.faults import STORE_FAULTS
 from runtime.services import Clock
 
 log = logging.getLogger(__name__)
+
+_FAULTS: tuple[type[BaseException], ...] = (*STORE_FAULTS, TimeoutError)
 
 SWEEP_TIMEOUT_S = 10.0
 SWEEP_BATCH = 500  # candidates per kind per script call
@@ -111,7 +113,7 @@ class ServerExpiry:
         try:
             async with asyncio.timeout(SWEEP_TIMEOUT_S):
                 await work
-        except (RedisError, TimeoutError) as exc:
+        except _FAULTS as exc:
             log.warning("server expiry sweep failed error=%s", exc)
             return False
         return True

@@ -9,15 +9,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import OptionsReceived, ServerCheckedIn, StreamNames
 from processors.heartbeat.decide import decide, failed, server_kind
 from projections.servers import SERVICE_URL, Membership, ip_key, writes_for
+from runtime.faults import REDIS_FAULTS
 from runtime.handling import Delivery, Outcome
 from runtime.services import Clock
 
 log = logging.getLogger(__name__)
+
+_FAULTS: tuple[type[BaseException], ...] = (*REDIS_FAULTS, TimeoutError)
 
 READ_TIMEOUT_S = 5.0
 
@@ -44,7 +46,7 @@ class Heartbeat:
         if any(isinstance(d.event, OptionsReceived) and server_kind(d.event) for d in deliveries):
             try:
                 membership, drained = await self._read()
-            except (RedisError, TimeoutError) as exc:
+            except _FAULTS as exc:
                 log.warning("heartbeat sets unreadable, answering 503 error=%s", exc)
                 return [self._failed(d, now) for d in deliveries]
         return [self._decide(d, membership, drained, now) for d in deliveries]

@@ -18,18 +18,20 @@ from collections.abc import Sequence
 
 import aiomysql
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import GatewayPingAnswered, GatewayPingFailed, GatewayPingSucceeded, StreamNames
 from events.pinger import gateway_blacklist_key, gateway_pings_key
 from processors.pinger.decide import PeerAnswer, PingPolicy, answer_time_ms, decide_answer, plan_pings
 from processors.regbot.config import query
 from runtime.eventlog import EventLog
+from runtime.faults import STORE_FAULTS
 from runtime.handling import Delivery, Outcome
 from runtime.services import Clock
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_FAULTS: tuple[type[BaseException], ...] = (*STORE_FAULTS, OSError, TimeoutError, aiomysql.Error)
 
 GATEWAYS_SQL = (
     "SELECT g.sip_gateway_sid, g.voip_carrier_sid, g.ipv4, g.port, g.protocol, g.use_sips_scheme,"
@@ -86,7 +88,7 @@ class Pinger:
                 next_round = loop.time() + self.policy.interval_s
             try:
                 await self.ping_round()
-            except (RedisError, OSError, TimeoutError, aiomysql.Error) as exc:
+            except _FAULTS as exc:
                 log.warning("gateway ping round failed, next round retries error=%s", exc)
 
     async def ping_round(self) -> int:

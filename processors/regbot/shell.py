@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 import aiomysql
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import (
     CarrierRegisterFailed,
@@ -42,12 +41,16 @@ from processors.regbot.decide import GatewayState, Policy, decide_answer, decode
 from processors.regbot.leader import LeaderLock
 from processors.regbot.targets import Target, is_ipv4
 from runtime.eventlog import EventLog
+from runtime.faults import STORE_FAULTS
 from runtime.handling import Delivery, Outcome
 from runtime.sealed import Sealer
 from runtime.services import Clock
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_FAULTS: tuple[type[BaseException], ...] = (*STORE_FAULTS, OSError, TimeoutError, aiomysql.Error)
+_RELEASE_FAULTS: tuple[type[BaseException], ...] = (*STORE_FAULTS, OSError)
 
 TICK_S = 1.0
 
@@ -116,7 +119,7 @@ class Regbot:
                     await self._check_leadership()
                 if self.lock.held and self.targets is not None:
                     await self._send_due()
-            except (RedisError, OSError, TimeoutError, aiomysql.Error) as exc:
+            except _FAULTS as exc:
                 log.warning("regbot pass failed, retrying error=%s", exc)
             if await self._sleep(TICK_S):
                 break
@@ -129,7 +132,7 @@ class Regbot:
         try:
             await self.eventlog.append(self.names.carriers, [self._leader_lost("stopped")])
             await self.lock.release()
-        except (RedisError, OSError) as exc:
+        except _RELEASE_FAULTS as exc:
             log.warning("regbot lock not released, it lapses after its TTL error=%s", exc)
 
     def _leader_lost(self, reason: str) -> RegbotLeaderLost:

@@ -30,7 +30,6 @@ import aiomysql
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from events import (
     DigestCredentials,
@@ -55,6 +54,7 @@ from processors.registrar.tenants import WebhookGate
 from processors.registrar.throttle import ThrottlePolicy, ThrottleState, ThrottleStats, throttle_policy
 from processors.registrar.webhook import WebhookCall, call_webhook, webhook_payload
 from runtime.errors import StoreUnavailable
+from runtime.faults import REDIS_FAULTS
 from runtime.handling import Delivery, Outcome, Step
 from runtime.sealed import Sealer, SealError
 from runtime.webclient import HttpClient
@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_FAULTS: tuple[type[BaseException], ...] = (*REDIS_FAULTS, TimeoutError)
 
 _GLOB_SPECIALS = str.maketrans({c: f"\\{c}" for c in "\\*?[]^"})
 
@@ -250,7 +252,7 @@ class Registrar:
         try:
             async with asyncio.timeout(self._config.store_timeout_s):
                 values = await self._mget(ordered)
-        except (RedisError, TimeoutError) as exc:
+        except _FAULTS as exc:
             raise StoreUnavailable(f"reading cached bindings failed: {type(exc).__name__}") from exc
         return {key: value for key, value in zip(ordered, values, strict=True) if value is not None}
 
@@ -397,7 +399,7 @@ class Registrar:
                     users.add(text.removeprefix("user:").partition("@")[0])
         except RedisConnectionError as exc:
             return StoreFailure(refused=True, detail=f"Redis: {type(exc).__name__}")
-        except (RedisError, TimeoutError) as exc:
+        except _FAULTS as exc:
             return StoreFailure(refused=False, detail=f"Redis: {type(exc).__name__}")
         return len(users)
 

@@ -18,13 +18,15 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from events import StreamNames
 from projections.servers import ip_key, is_drained
 from runtime.admin.addresses import canonical_ip, is_valid_ip
+from runtime.faults import REDIS_FAULTS
 
 log = logging.getLogger(__name__)
+
+_FAULTS: tuple[type[BaseException], ...] = (*REDIS_FAULTS, TimeoutError)
 
 JsonObject = dict[str, object]
 
@@ -176,7 +178,7 @@ class AdminActions:
                 return success(available=[member for member, is_out in listing if not is_out])
             servers = [{"server": member, "status": "drained" if is_out else "active"} for member, is_out in listing]
             return success(servers=servers, drained=drained)
-        except (RedisError, TimeoutError) as exc:
+        except _FAULTS as exc:
             log.warning("admin action failed action=%s error=%s", action, exc)
             return failure(NO_REDIS)
 

@@ -26,6 +26,7 @@ from events import StreamNames
 from events.streams import partition_of
 from tests.conftest import base_env, sidecar_cli
 from tests.e2e.conftest import start_sidecar, stop_sidecar
+from tests.e2e.test_heartbeat_sip import Peer
 from tests.rediscluster import LocalCluster
 
 PHONES = 150
@@ -92,6 +93,17 @@ async def test_registrations_spread_over_partitions_and_a_master_restarted_under
                 assert len(record_masters) == 3  # the records are spread over every master
                 print(f"partitions: registrations {dict(expected)}, partition -> master {masters}")
                 print(f"records per master: {dict(record_masters)}")
+                # A feature server's heartbeat: its member in `<cluster>:active-fs` (a slot of its own) when the
+                # answer, counting it, arrives.
+                server = await Peer.bind("127.0.0.20")
+                try:
+                    answer = await server.options(
+                        sidecar.udp_port, X_FS_Status="open", X_FS_Calls="0", X_FS_ServiceUrl="http://127.0.0.1:3000"
+                    )
+                    assert answer.get("x-members") == "1", answer
+                    assert client.smembers(f"{cluster_id}:active-fs") == {server.member.encode()}
+                finally:
+                    server.close()
 
                 # 2. The master of partition 0 is killed and started again while every phone refreshes.
                 async def restart() -> float:
