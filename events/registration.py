@@ -174,11 +174,11 @@ class RegistrationExpired(Event, frozen=True, kw_only=True):
 
 
 class RequestExpired(Event, frozen=True, kw_only=True):
-    """A request was read after its deadline: nobody waited for its answer, so nothing was decided.
+    """A request was read, or decided, after its deadline: nobody waited for its answer, so nothing was decided.
 
     Recorded instead of a challenge, a webhook call or a grant when a request is claimed late (its
-    processor died) or queued behind an outage; the phone got its answer (500) from the ingest, or
-    none at all, and registers again.
+    processor died), queued behind an outage, or answered by its webhook too late; the phone got its
+    answer (500) from the ingest, or none at all, and registers again.
     """
 
     TYPE = "RequestExpired"
@@ -186,7 +186,7 @@ class RequestExpired(Event, frozen=True, kw_only=True):
     request_type: str  # RegisterReceived, OptionsReceived
     aor: str | None = None
     deadline_ms: int
-    late_ms: int  # how long after the deadline it was read
+    late_ms: int  # how long after the deadline it was read, or decided
     source_ip: str
     source_port: int
     call_id: str

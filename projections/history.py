@@ -251,7 +251,8 @@ def describe_step(step: dict[str, object]) -> str:
     elif kind == "RegistrationExpired":
         text = "binding expired without refresh"
     elif kind == "RequestExpired":
-        text = f"expired before it was decided: nobody waited for the answer (read {step.get('late_ms')} ms late)"
+        late = step.get("late_ms")
+        text = f"expired before it was decided: nobody waited for the answer ({late} ms past its deadline)"
     elif kind == "Run":
         text = describe_run(step)
     else:

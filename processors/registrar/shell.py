@@ -275,8 +275,7 @@ class Registrar:
                 facts = facts.having(account=cached if cached is not None else NOT_FOUND)
                 step = decide(request, facts, self._policy, now_ms=now_ms, causation_id=delivery.entry_id)
         if isinstance(step, Decision):
-            self._log_decision(request, step)
-            return self._outcome(request, step)
+            return self._decided(delivery, request, step, now_ms)
         return self._decide_with_io(delivery, request, facts, step)
 
     async def _decide_with_io(self, delivery: Delivery, request: RegisterReceived, facts: Facts, need: Need) -> Outcome:
@@ -285,14 +284,17 @@ class Registrar:
             now_ms = int(self._clock() * 1000)
             step = decide(request, facts, self._policy, now_ms=now_ms, causation_id=delivery.entry_id)
             if isinstance(step, Decision):
-                if request.deadline_ms is not None and now_ms >= request.deadline_ms:
-                    # Decided too late: the ingest has answered (500) and the phone has moved on. Granting now
-                    # would store a binding nobody was told about.
-                    return self._expired(request, delivery, now_ms)
-                self._log_decision(request, step)
-                return self._outcome(request, step)
+                return self._decided(delivery, request, step, now_ms)
             need = step
         raise RuntimeError("decide() kept asking for facts it was given")
+
+    def _decided(self, delivery: Delivery, request: RegisterReceived, decision: Decision, now_ms: int) -> Outcome:
+        """The outcome of a decision, unless it came too late: the ingest has answered (500) and the phone has moved
+        on, so granting now would store a binding nobody was told about (also after the batch's own Redis read)."""
+        if request.deadline_ms is not None and now_ms >= request.deadline_ms:
+            return self._expired(request, delivery, now_ms)
+        self._log_decision(request, decision)
+        return self._outcome(request, decision)
 
     def _expired(self, request: RegisterReceived, delivery: Delivery, now_ms: int) -> Outcome:
         deadline_ms = request.deadline_ms or now_ms
