@@ -105,8 +105,9 @@ class Consumer:
         self.liveness_ms = settings.consumer_liveness_ms
         self.max_deliveries = settings.max_deliveries
         self.stats = ConsumerStats()
-        partition = self.names.partition
-        self.metrics_name = f"consumer_{group}" if not partition else f"consumer_{group}_p{partition}"
+        # Named by the group's kind: an SBC's own group (`edge:<ingest_id>`) gives the same series on every SBC.
+        kind, partition = group.split(":", 1)[0], self.names.partition
+        self.metrics_name = f"consumer_{kind}" if not partition else f"consumer_{kind}_p{partition}"
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._next_claim = 0.0

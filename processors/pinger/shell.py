@@ -65,9 +65,16 @@ class Pinger:
         self._stop = asyncio.Event()
         self.rounds = 0
         self.commands_sent = 0
+        self.gateways_reachable = 0  # pinged at the last round and not blacklisted then
+        self.gateways_blacklisted = 0
 
     def metrics(self) -> dict[str, float]:
-        return {"rounds": self.rounds, "pings_requested": self.commands_sent}
+        return {
+            "rounds": self.rounds,
+            "pings_requested": self.commands_sent,
+            "gateways_reachable": self.gateways_reachable,
+            "gateways_blacklisted": self.gateways_blacklisted,
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -96,6 +103,12 @@ class Pinger:
         commands = plan_pings(rows, self.policy, int(self.clock() * 1000), self.edge_id)
         if commands:
             await self.eventlog.append(self.eventlog.names.commands, commands)
+            # The gateways' state for /metrics: blacklisted or not, as the answers of the rounds before left them.
+            keys = [gateway_blacklist_key(command.gateway.sip_gateway_sid) for command in commands]
+            blacklisted = sum(1 for value in await self.eventlog.read_keys(keys) if value is not None)
+            self.gateways_blacklisted, self.gateways_reachable = blacklisted, len(keys) - blacklisted
+        else:
+            self.gateways_blacklisted = self.gateways_reachable = 0
         self.rounds += 1
         self.commands_sent += len(commands)
         log.debug("gateway ping round gateways=%d", len(commands))

@@ -7,7 +7,7 @@ leader continues the timers of the old one instead of starting from scratch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -23,6 +23,7 @@ from events import (
 )
 
 Status = Literal["pending", "registered", "failed", "stopped"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 
 
 class GatewayState(msgspec.Struct, kw_only=True):

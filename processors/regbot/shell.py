@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import random
+from collections import Counter
 from collections.abc import Sequence
 
 import aiomysql
@@ -37,7 +38,15 @@ from events import (
     stamp,
 )
 from processors.regbot.config import load_plan
-from processors.regbot.decide import GatewayState, Policy, decide_answer, decode_state, encode_state, is_due
+from processors.regbot.decide import (
+    STATUSES,
+    GatewayState,
+    Policy,
+    decide_answer,
+    decode_state,
+    encode_state,
+    is_due,
+)
 from processors.regbot.leader import LeaderLock
 from processors.regbot.targets import Target, is_ipv4
 from runtime.eventlog import EventLog
@@ -90,9 +99,13 @@ class Regbot:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self.commands_sent = 0
+        self.statuses: Counter[str] = Counter()  # the leader's gateways by status, at its last pass
 
     def metrics(self) -> dict[str, float]:
-        return {"leader": 1.0 if self.lock.held else 0.0, "commands_sent": self.commands_sent}
+        """The leader counts the gateways it registers by status (`gateways_registered` ...); others count none."""
+        held = self.lock.held
+        counts = {f"gateways_{status}": float(held and self.statuses.get(status, 0)) for status in STATUSES}
+        return {"leader": 1.0 if held else 0.0, "commands_sent": self.commands_sent, **counts}
 
     def stop(self) -> None:
         self._stop.set()
@@ -210,6 +223,7 @@ class Regbot:
     async def _send_due(self) -> None:
         assert self.targets is not None
         states = await self._states()
+        self.statuses = Counter(states[sid].status for sid in self.targets if sid in states)
         now_ms = int(self.clock() * 1000)
         started = 0
         for sid, target in self.targets.items():

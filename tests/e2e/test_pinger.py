@@ -17,11 +17,12 @@ from typing import TypeVar
 import aiohttp
 import aiomysql
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from events import GatewayPingFailed, GatewayPingSucceeded, default_codec
 from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, free_port
-from tests.e2e.conftest import run_sipp, start_sidecar, stop_sidecar
+from tests.e2e.conftest import Sidecar, run_sipp, start_sidecar, stop_sidecar
 
 INFLUX = "http://127.0.0.1:8086"
 INTERVAL_S = 2
@@ -100,6 +101,18 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 10.0,
         await asyncio.sleep(every_s)
 
 
+async def metric(sidecar: Sidecar, name: str) -> float | None:
+    """One sample of the service's /metrics, by its full name (no labels)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{sidecar.http_port}/metrics") as response:
+            text = await response.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    return None
+
+
 async def test_gateway_answering_200_then_503_then_nothing(
     cluster_id: str, mysql_db: str, redis: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -130,8 +143,16 @@ async def test_gateway_answering_200_then_503_then_nothing(
         await eventually(cleared, timeout_s=INTERVAL_S + 3)
         assert time.monotonic() - started >= INTERVAL_S - 0.5  # the first round is one interval after start
         assert await send_options_ping(mysql_db, gateway) == 1
+
         assert await alerts(gateway.account_sid) == []
         report.append(f"200: {key} absent; send_options_ping=1; alerts: none")
+
+        # /metrics: the pinged gateways by state at each round's start (the next round: reachable again).
+        async def reachable() -> bool:
+            return await metric(sidecar, "sbc_sidecar_pinger_gateways_reachable") == 1
+
+        await eventually(reachable, timeout_s=INTERVAL_S + 3)
+        assert await metric(sidecar, "sbc_sidecar_pinger_gateways_blacklisted") == 0
 
         # 503: blacklisted for OPTIONS_PING_TTL, pinging disabled (OPTIONS_RESPONSE_REMOVE), both alerts.
         async def blacklisted() -> bool:
@@ -180,6 +201,12 @@ async def test_gateway_answering_200_then_503_then_nothing(
 
         await eventually(timeout_alert)
         assert await send_options_ping(mysql_db, gateway) == 1
+
+        async def counted_blacklisted() -> bool:
+            return await metric(sidecar, "sbc_sidecar_pinger_gateways_blacklisted") == 1
+
+        await eventually(counted_blacklisted, timeout_s=INTERVAL_S + 3)
+        assert await metric(sidecar, "sbc_sidecar_pinger_gateways_reachable") == 0
         report.append(f"nothing: {key}=1 ttl={ttl}s; send_options_ping=1; alert: {timeout!r}")
 
         result = await asyncio.wait_for(sipp, 30)

@@ -213,6 +213,13 @@ async def test_digest_register_refresh_status_and_eph_gw_ip(
         assert "answered 200 OK (with credentials) cseq 2" in story
         assert "registered for 6s" in story and "registered for 4s" in story
         assert PASSWORD not in listing + story
+        # /metrics: the leader counts its gateways by status.
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{sidecar.http_port}/metrics") as response:
+                exposition = await response.text()
+        assert "sbc_sidecar_regbot_leader 1.0" in exposition
+        assert "sbc_sidecar_regbot_gateways_registered 1.0" in exposition
+        assert "sbc_sidecar_regbot_gateways_failed 0.0" in exposition
         with capsys.disabled():
             print("\n--- sipp (carrier) transcript ---\n" + result.messages)
             print("--- sbc-sidecar carriers ---\n" + listing + "--- sbc-sidecar history --carrier ---\n" + story)
