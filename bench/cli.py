@@ -22,7 +22,7 @@ import uvloop
 from bench.cpu import CpuMeter, calibrate, cpu_model
 from bench.digest import PROBE_FIRST_USER, REALM
 from bench.footprint import RedisFootprint
-from bench.infrastructure import BenchDatabase, BenchRedis, Servers, Tenant, free_port
+from bench.infrastructure import BenchDatabase, BenchRedis, BenchRedisCluster, Servers, Tenant, free_port
 from bench.isolation import HUNG_REALM, IsolationScenario, Phase, isolation_line, phase_line, verdict
 from bench.ladder import Ladder, StepResult
 from bench.options import build_parser
@@ -30,6 +30,7 @@ from bench.phones import Fleet
 from bench.processes import ProcessGroup
 from bench.profiler import recorder, top_costs
 from bench.records import RecordCheck
+from bench.rediscluster import start_cluster
 from bench.report import git_commit, last_line, step_line, summary, write_results
 from bench.sidecar import Layout, RunningService, start_service, start_webhook, webhook_counts
 from bench.sipp import MAX_RUN_S, Sipp
@@ -66,7 +67,7 @@ class Stage:
     tenant: Tenant
     redis: BenchRedis
     webhook: Webhook
-    redis_pid: int | None
+    redis_pids: list[int]
     records: RecordCheck
     hung: tuple[Tenant, Webhook] | None = None
 
@@ -104,7 +105,9 @@ class BenchRun:
         hung_tenant = Tenant(realm=HUNG_REALM, name="bench-hung") if self.args.isolation else None
         realms = [t.realm for t in (tenant, hung_tenant) if t is not None]
         database = BenchDatabase()
-        redis = BenchRedis(self.args.redis_db, f"bench-{secrets.token_hex(3)}")
+        cluster_id = f"bench-{secrets.token_hex(3)}"
+        local = start_cluster(self.work_dir / "redis-cluster") if self.args.redis_cluster else None
+        redis = BenchRedis(self.args.redis_db, cluster_id) if local is None else BenchRedisCluster(local, cluster_id)
         try:
             async with ProcessGroup(self.work_dir) as processes, RecordCheck(redis.new_client()) as records:
                 webhook = await _webhook(processes, tenant, delay_ms=self.args.webhook_delay_ms)
@@ -120,7 +123,7 @@ class BenchRun:
                     tenant,
                     redis,
                     webhook,
-                    await redis.server_pid(),
+                    await redis.server_pids(),
                     records,
                     hung,
                 )
@@ -137,6 +140,8 @@ class BenchRun:
             await redis.clean(realms)
             await redis.close()
             await database.drop()
+            if local is not None:
+                local.stop()
         if self.args.soak:
             return self._report_soak(soak, redis_memory_bytes=memory)
         if hung is not None:
@@ -228,8 +233,8 @@ class BenchRun:
             meter.add("service", child.pid)
             if len(service.children) > 1:  # split: each process too, to see how the work spreads
                 meter.add(f"service/{child.name}", child.pid)
-        if stage.redis_pid is not None:
-            meter.add("redis", stage.redis_pid)
+        for pid in stage.redis_pids:  # a Cluster: every master's CPU counts as Redis's
+            meter.add("redis", pid)
         meter.add("webhook", stage.webhook.pid)
         return meter
 
@@ -291,6 +296,8 @@ class BenchRun:
             "compiled_modules": compiled_modules(),
             "split": self.layout.split,
             "processors": self.layout.processors if self.layout.split else None,
+            # a local Redis Cluster of three masters, SIDECAR_PARTITIONS=3 (else one Redis, one partition)
+            "redis_cluster": self.args.redis_cluster,
             "smoke": self.args.smoke,
             "git": git_commit(),
             "machine": {
@@ -436,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(
             "bench/run: --soak runs instead of the ladders, in one process; no --isolation, --smoke, --profile, --split"
         )
+        return 2
+    if args.redis_cluster and args.soak:
+        say("bench/run: --soak measures one Redis's keys; it does not run on --redis-cluster")
         return 2
     if args.isolation and (args.smoke or args.profile):
         say("bench/run: --isolation runs instead of the ladders; it takes neither --smoke nor --profile")

@@ -17,12 +17,17 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiomysql
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from bench.digest import REALM
 from bench.records import ACTIVE_USER_KEY
+
+if TYPE_CHECKING:
+    from bench.rediscluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
@@ -229,10 +234,10 @@ class BenchRedis:
             "JAMBONES_CLUSTER_ID": self.cluster_id,
         }
 
-    async def server_pid(self) -> int | None:
+    async def server_pids(self) -> list[int]:
         info = await self.client.info("server")
         pid = info.get("process_id")
-        return int(pid) if pid is not None else None
+        return [int(pid)] if pid is not None else []
 
     async def command_calls(self) -> dict[str, int]:
         """Calls per command since the server started (INFO commandstats; server-wide, all databases)."""
@@ -270,3 +275,62 @@ class BenchRedis:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class BenchRedisCluster(BenchRedis):
+    """The run's local Redis Cluster of three masters (bench/rediscluster.py, started for the run), with
+    SIDECAR_PARTITIONS=3: the service is pointed at one node, the readings add up every master."""
+
+    def __init__(self, cluster: LocalCluster, cluster_id: str, partitions: int = 3) -> None:
+        self.local = cluster
+        self.db = 0
+        self.cluster_id = cluster_id
+        self.partitions = partitions
+        self.client = self.new_client()
+        self._nodes = [Redis(host="127.0.0.1", port=port) for port in cluster.ports]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "JAMBONES_REDIS_HOST": "127.0.0.1",
+            "JAMBONES_REDIS_PORT": str(self.local.ports[0]),
+            "SIDECAR_REDIS_DB": "0",
+            "SIDECAR_PARTITIONS": str(self.partitions),
+            "JAMBONES_CLUSTER_ID": self.cluster_id,
+        }
+
+    async def server_pids(self) -> list[int]:
+        return [int((await node.info("server"))["process_id"]) for node in self._nodes]
+
+    async def command_calls(self) -> dict[str, int]:
+        calls: dict[str, int] = {}
+        for node in self._nodes:
+            for name, value in (await node.info("commandstats")).items():
+                if isinstance(value, dict) and "calls" in value:
+                    key = name.removeprefix("cmdstat_")
+                    calls[key] = calls.get(key, 0) + int(value["calls"])
+        return calls
+
+    async def used_memory_bytes(self) -> int:
+        return sum([int((await node.info("memory"))["used_memory"]) for node in self._nodes])
+
+    def new_client(self) -> Redis:
+        client = RedisCluster(host="127.0.0.1", port=self.local.ports[0])
+        return client  # type: ignore[return-value]  # the same commands, each routed to its slot's master
+
+    async def clean(self, realms: Sequence[str] = (REALM,)) -> int:
+        """The run's keys on every master (a key at a time: they are in many slots)."""
+        deleted = 0
+        for node in self._nodes:
+            for pattern in (f"{self.cluster_id}:*", *(f"user:*@{realm}" for realm in realms)):
+                async for key in node.scan_iter(match=pattern, count=5000):
+                    deleted += await node.unlink(key)
+        for realm in realms:
+            members = [m async for m, _ in self.client.zscan_iter(ACTIVE_USER_KEY, match=f"user:*@{realm}", count=5000)]
+            for start in range(0, len(members), 5000):
+                await self.client.zrem(ACTIVE_USER_KEY, *members[start : start + 5000])
+        return deleted
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        for node in self._nodes:
+            await node.aclose()

@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--change-percent", type=float, default=5.0, metavar="P", help="share of the phones that move then, in %% (5)"
     )
     parser.add_argument("--redis-db", type=int, default=11, help="Redis database number of the run (11)")
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="a local Redis Cluster of three masters for the run instead (SIDECAR_PARTITIONS=3)",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
         "--profile", type=int, metavar="RATE", help="py-spy the service processes during the registration step at RATE"

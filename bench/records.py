@@ -57,8 +57,12 @@ class RecordCheck:
         self.client = client
 
     async def __aenter__(self) -> RecordCheck:
-        """Opens WARM_CONNECTIONS connections now, so that no check pays for a connect."""
-        pool = self.client.connection_pool
+        """Opens WARM_CONNECTIONS connections now, so that no check pays for a connect (a Redis Cluster client opens
+        its connections to each master on its first command instead: one check)."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            await self.client.ping()
+            return self
         taken: list[AbstractConnection] = []
         try:
             async with asyncio.timeout(10):

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from runtime.compiled import stale_modules
 
 if TYPE_CHECKING:
-    from tests.rediscluster import LocalCluster
+    from bench.rediscluster import LocalCluster
 
 if stale_modules():  # checked before any test imports them: an old build would shadow the edited source
     STALE = ", ".join(stale_modules())
@@ -147,8 +147,8 @@ def sidecar_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A real local Redis Cluster of three masters (tests/rediscluster.py), shared by the tests that need one."""
-    from tests.rediscluster import start_cluster
+    """A real local Redis Cluster of three masters (bench/rediscluster.py), shared by the tests that need one."""
+    from bench.rediscluster import start_cluster
 
     cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
     try:

@@ -1,4 +1,4 @@
-"""The service on a real local Redis Cluster of three masters (tests/rediscluster.py), with SIDECAR_PARTITIONS=3.
+"""The service on a real local Redis Cluster of three masters (bench/rediscluster.py), with SIDECAR_PARTITIONS=3.
 
 Phones (bench/phones.py: real UDP REGISTERs, digest answered) register against the webhook of the bench account;
 each AOR's requests and facts go to its partition (CRC32 of the AOR mod 3), each partition's streams in one slot,
@@ -21,13 +21,13 @@ from redis.cluster import RedisCluster
 from bench.infrastructure import BenchDatabase, Tenant
 from bench.phones import Fleet, RoundTally
 from bench.processes import ProcessGroup
+from bench.rediscluster import LocalCluster
 from bench.sidecar import start_webhook
 from events import StreamNames
 from events.streams import partition_of
 from tests.conftest import base_env, sidecar_cli
 from tests.e2e.conftest import start_sidecar, stop_sidecar
 from tests.e2e.test_heartbeat_sip import Peer
-from tests.rediscluster import LocalCluster
 
 PHONES = 150
 PARTITIONS = 3
@@ -158,6 +158,17 @@ async def test_registrations_spread_over_partitions_and_a_master_restarted_under
             granted = [line for line in tail.stdout.splitlines() if " RegistrationGranted " in line]
             assert len(granted) == PHONES
             assert len({line.split(" aor=")[1].split()[0] for line in granted}) == PHONES
+            # `replay` rebuilds lost records (in the slots of their own) from every partition's snapshot and facts.
+            lost = [f"user:{phone.user}@{tenant.realm}" for phone in phones[:12]]
+            before = {key: (client.get(key), client.zscore("active-user", key)) for key in lost}
+            for key in lost:
+                client.delete(key)
+                client.zrem("active-user", key)
+            replay = sidecar_cli(cli_env, "replay", "registrations")
+            assert replay.returncode == 0, replay.stderr
+            assert f"; {PHONES} live bindings restored" in replay.stdout, replay.stdout
+            assert {key: (client.get(key), client.zscore("active-user", key)) for key in lost} == before
+            print(replay.stdout)
         finally:
             await stop_sidecar(sidecar)
             client.close()

@@ -7,9 +7,9 @@ import redis as redis_sync
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from bench.rediscluster import LocalCluster
 from runtime.cluster import ClusterLinks, command_keys, key_slot
 from runtime.resp import LinkSettings
-from tests.rediscluster import LocalCluster
 
 
 def test_command_keys_as_the_cluster_sees_them() -> None:

@@ -1,6 +1,7 @@
-"""A real local Redis Cluster of three masters for the tests: `redis-server --cluster-enabled yes` on three free
-loopback ports (each with a free bus port), joined by `redis-cli --cluster create`, with an append-only file so a
-master restarted by a test comes back with its data, as a production master with persistence does."""
+"""A real local Redis Cluster of three masters, for the tests and `bench/run --redis-cluster`: `redis-server
+--cluster-enabled yes` on three free loopback ports (each with a free bus port), joined by `redis-cli --cluster create`,
+with an append-only file so a master restarted by a test comes back with its data, as a production master with
+persistence does."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import redis as redis_sync
 
-from tests.conftest import free_port
+from bench.infrastructure import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
