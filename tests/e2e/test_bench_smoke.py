@@ -80,3 +80,23 @@ def test_bench_soak_runs_end_to_end(tmp_path: Path) -> None:
     assert refreshes[-1]["footprint"]["active_user"]["run_members"] == 60
     assert soak["bytes_per_phone_after_register"]["keys_bytes"] > 0
     assert soak["archive_rows_written"]["after_last"] >= 0
+
+
+@pytest.mark.sipp
+@pytest.mark.timeout(150)
+def test_bench_smoke_on_a_redis_cluster(tmp_path: Path) -> None:
+    """bench/run --smoke --redis-cluster: the same steps against a Redis Cluster of three masters started for the run
+    (the service on three partitions); every probe's record found at its 200, and Redis's CPU is the three masters'."""
+    if SIPP is None:
+        pytest.fail("sipp is not installed (Debian package sip-tester); .ci/run installs it")
+    argv = [str(REPO / "bench" / "run"), "--smoke", "--redis-cluster", "--results-dir", str(tmp_path)]
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert LAST_LINE.fullmatch(result.stdout.strip().splitlines()[-1]), result.stdout + result.stderr
+    [report] = tmp_path.glob("*-smoke.json")
+    document = json.loads(report.read_text())
+    assert document["redis_cluster"] is True
+    [register] = document["register"]
+    assert register["holds"] and register["sipp"]["successful"] == 60
+    assert register["record_missing"] == 0  # the record is on its own master, written before the answer left
+    assert register["cpu_us_per_op"]["redis"] > 0
