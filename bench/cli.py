@@ -106,8 +106,11 @@ class BenchRun:
         realms = [t.realm for t in (tenant, hung_tenant) if t is not None]
         database = BenchDatabase()
         cluster_id = f"bench-{secrets.token_hex(3)}"
-        local = start_cluster(self.work_dir / "redis-cluster") if self.args.redis_cluster else None
-        redis = BenchRedis(self.args.redis_db, cluster_id) if local is None else BenchRedisCluster(local, cluster_id)
+        local = start_cluster(self.work_dir / "redis-cluster", persistent=False) if self.args.redis_cluster else None
+        if local is None:
+            redis: BenchRedis = BenchRedis(self.args.redis_db, cluster_id)
+        else:
+            redis = BenchRedisCluster(local, cluster_id, self.args.partitions)
         try:
             async with ProcessGroup(self.work_dir) as processes, RecordCheck(redis.new_client()) as records:
                 webhook = await _webhook(processes, tenant, delay_ms=self.args.webhook_delay_ms)
@@ -298,6 +301,7 @@ class BenchRun:
             "processors": self.layout.processors if self.layout.split else None,
             # a local Redis Cluster of three masters, SIDECAR_PARTITIONS=3 (else one Redis, one partition)
             "redis_cluster": self.args.redis_cluster,
+            "partitions": self.args.partitions if self.args.redis_cluster else 1,
             "smoke": self.args.smoke,
             "git": git_commit(),
             "machine": {

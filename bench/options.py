@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--redis-cluster",
         action="store_true",
-        help="a local Redis Cluster of three masters for the run instead (SIDECAR_PARTITIONS=3)",
+        help="a local Redis Cluster of three masters for the run instead",
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=3, help="SIDECAR_PARTITIONS of the service with --redis-cluster (3)"
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(

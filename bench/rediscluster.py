@@ -1,7 +1,7 @@
 """A real local Redis Cluster of three masters, for the tests and `bench/run --redis-cluster`: `redis-server
---cluster-enabled yes` on three free loopback ports (each with a free bus port), joined by `redis-cli --cluster create`,
-with an append-only file so a master restarted by a test comes back with its data, as a production master with
-persistence does."""
+--cluster-enabled yes` on three free loopback ports (each with a free bus port), joined by `redis-cli --cluster create`.
+For the tests with an append-only file, so a master restarted by a test comes back with its data, as a production
+master with persistence does; for the bench without, like its single Redis."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Master:
     port: int
     bus_port: int
     workdir: Path
+    persistent: bool = True  # an append-only file, fsynced at every write (a restart keeps everything)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -38,7 +39,7 @@ class Master:
             "--cluster-config-file", str(self.workdir / "nodes.conf"),
             "--cluster-node-timeout", "2000",
             "--save", "",
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.persistent else "no",
             "--appendfsync", "always",
             "--dir", str(self.workdir),
         ]  # fmt: skip
@@ -108,15 +109,17 @@ class LocalCluster:
             master.stop()
 
 
-def start_cluster(workdir: Path) -> LocalCluster:
-    """Three masters, the 16384 slots split between them, no replicas."""
+def start_cluster(workdir: Path, *, persistent: bool = True) -> LocalCluster:
+    """Three masters, the 16384 slots split between them, no replicas. `persistent`: each with an append-only file
+    fsynced at every write, so a master restarted keeps its data; without, nothing on disk, like the bench's
+    single Redis (an fsync per write costs a millisecond or two here, which a benchmark must not compare)."""
     assert REDIS_SERVER is not None and REDIS_CLI is not None, "redis-server and redis-cli (Debian's redis)"
     cluster = LocalCluster()
     try:
         for index in range(3):
             node_dir = workdir / f"master-{index}"
             node_dir.mkdir(parents=True)
-            master = Master(free_port(), free_port(), node_dir)
+            master = Master(free_port(), free_port(), node_dir, persistent)
             master.start()
             cluster.masters.append(master)
         create = [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in cluster.ports)]

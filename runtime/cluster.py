@@ -139,12 +139,15 @@ class ClusterLinks:
         return [owner or fallback for owner in owners]
 
     async def owner(self, slot: int | None) -> Node:
+        owners = self._owners or await self._slot_map()
+        return owners[0 if slot is None else slot]
+
+    async def _slot_map(self) -> list[Node]:
+        """The slot map, read first when there is none (at the start, after a lost connection)."""
         if self._owners is None:
             await self.refresh()
         assert self._owners is not None
-        if slot is None:
-            return self._owners[0]
-        return self._owners[slot]
+        return self._owners
 
     def _forget_map(self) -> None:
         """A lost connection: the slot may have failed over; the next command reads the map again."""
@@ -158,13 +161,19 @@ class ClusterLinks:
         todo = list(range(len(commands)))
         slots = [command_slot(c) for c in commands]
         for attempt in range(REDIRECTS + 1):
+            owners = self._owners or await self._slot_map()
             by_node: dict[Node, list[int]] = {}
             for index in todo:
-                by_node.setdefault(await self.owner(slots[index]), []).append(index)
+                slot = slots[index]
+                by_node.setdefault(owners[0 if slot is None else slot], []).append(index)
             try:
-                results = await asyncio.gather(
-                    *(self._link(node).pipeline([commands[i] for i in indexes]) for node, indexes in by_node.items())
-                )
+                if len(by_node) == 1:  # the usual case (one partition's streams): no task per master
+                    [(node, indexes)] = by_node.items()
+                    results = [await self._link(node).pipeline([commands[i] for i in indexes])]
+                else:
+                    results = await asyncio.gather(
+                        *(self._link(node).pipeline([commands[i] for i in group]) for node, group in by_node.items())
+                    )
             except RedisConnectionError:
                 self._forget_map()
                 raise
@@ -185,9 +194,13 @@ class ClusterLinks:
             await asyncio.sleep(0.05 * attempt)  # TRYAGAIN / CLUSTERDOWN: a moment for the cluster to settle
         await self.refresh()
 
-    async def transaction(self, commands: Sequence[Command], scripts: Sequence[str] = ()) -> list[object]:
-        """MULTI/EXEC on the master of the commands' one slot (see `RespLink.transaction`)."""
-        slot = _common_slot(commands)
+    async def transaction(
+        self, commands: Sequence[Command], scripts: Sequence[str] = (), *, slot: int | None = None
+    ) -> list[object]:
+        """MULTI/EXEC on the master of the commands' one slot (see `RespLink.transaction`); `slot`, when the caller
+        knows it already."""
+        if slot is None:
+            slot = _common_slot(commands)
         for attempt in range(REDIRECTS + 1):
             link = self._link(await self.owner(slot))
             try:
@@ -252,7 +265,7 @@ class ClusterLinks:
             await self._run_outside(before, scripts)
         sources = {sha: source for sha, source in scripts}
         used = [sources[sha] for sha in _shas(inside) if sha in sources]
-        replies = await self.transaction(inside, used)
+        replies = await self.transaction(inside, used, slot=home)
         if later:
             await self._run_outside(later, scripts)
         return replies
