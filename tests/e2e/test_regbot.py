@@ -8,29 +8,33 @@ MariaDB, `eph-gw-ip:<ip>` in Redis, the failure threshold with its alert, and th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
+import os
 import re
+import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import aiomysql
 import pytest
 from redis.asyncio import Redis
 
-from events import default_codec
+from events import StreamNames, default_codec
 from ingest.sip.digest import parse_digest_params
 from runtime import cli
 from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, base_env, free_port
-from tests.e2e.conftest import SippResult, run_sipp, start_sidecar, stop_sidecar
+from tests.e2e.conftest import SippResult, run_sipp, start_sidecar, stop_sidecar, wait_healthy
 
 PASSWORD = "s3cret-carrier"
 USERNAME = "4415550100"
+ROOT = Path(__file__).resolve().parents[2]
 FAST = {
     "SIDECAR_REGBOT_START_DELAY_MAX_S": "0",
     "SIDECAR_REGBOT_CHECK_INTERVAL_S": "1",
@@ -333,37 +337,53 @@ class Registrar(asyncio.DatagramProtocol):
         self.transport.sendto("\r\n".join(lines).encode(), addr)
 
 
-async def test_one_leader_registers_and_a_peer_takes_over(cluster_id: str, mysql_db: str, redis: Redis) -> None:
+async def test_one_leader_registers_and_a_peer_takes_over(
+    cluster_id: str, mysql_db: str, redis: Redis, tmp_path: Path
+) -> None:
     port = free_port()
     carrier = await seed_carrier(mysql_db, port, trunk_type="static_ip")
     transport, registrar = await asyncio.get_running_loop().create_datagram_endpoint(
         lambda: Registrar(10), local_addr=("127.0.0.1", port)
     )
     env = {**FAST, "SIDECAR_REGBOT_LOCK_TTL_S": "3"}
-    first = await start_sidecar(cluster_id, mysql_db, env={**env, "SIDECAR_INGEST_ID": "sbc-a"})
+    names = StreamNames(cluster_id)
+    # sbc-a, the first leader, is a process of its own, so that it can be killed with SIGKILL.
+    a_udp, a_http = free_port(), free_port()
+    a_env = {
+        **os.environ,
+        **base_env(cluster_id, mysql_db),
+        **env,
+        "SIDECAR_INGEST_ID": "sbc-a",
+        "SIDECAR_SIP_LISTEN": f"udp:127.0.0.1:{a_udp}",
+        "SIDECAR_HTTP_LISTEN": f"127.0.0.1:{a_http}",
+        "SBC_SOCKET_PATH": str(tmp_path / "sbc-a.sock"),
+    }
+    with (tmp_path / "sbc-a.log").open("wb") as log_file:
+        first = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime.cli", "run", env=a_env, cwd=ROOT, stdout=log_file, stderr=log_file
+        )
     second = None
     try:
-        await eventually(lambda: leader_events(redis, first.names.carriers))
+        await wait_healthy(f"http://127.0.0.1:{a_http}/health", timeout_s=30)
+        await eventually(lambda: leader_events(redis, names.carriers))
         second = await start_sidecar(cluster_id, mysql_db, env={**env, "SIDECAR_INGEST_ID": "sbc-b"})
         await asyncio.sleep(6)  # both run: one leader, one REGISTER per refresh, all from the leader's SBC
-        events = await leader_events(redis, first.names.carriers)
+        events = await leader_events(redis, names.carriers)
         assert [(t, i) for t, i, _ in events] == [("RegbotLeaderAcquired", "sbc-a")]
-        assert {addr[1] for _, addr, _ in registrar.seen} == {first.udp_port}
-        assert first.task is not None
+        assert {addr[1] for _, addr, _ in registrar.seen} == {a_udp}
         killed_at = datetime.now(UTC)
-        first.task.cancel()  # no clean stop: the lock is left to lapse, as after kill -9
-        with contextlib.suppress(asyncio.CancelledError):
-            await first.task
+        first.send_signal(signal.SIGKILL)  # no clean stop: the lock is left to lapse
+        assert await first.wait() == -signal.SIGKILL
 
         async def taken_over() -> datetime | None:
-            for kind, instance, at in await leader_events(redis, first.names.carriers):
+            for kind, instance, at in await leader_events(redis, names.carriers):
                 if kind == "RegbotLeaderAcquired" and instance == "sbc-b":
                     return at
             return None
 
         acquired_at = await eventually(taken_over, timeout_s=15)
         takeover_s = (acquired_at - killed_at).total_seconds()
-        print(f"leader takeover after {takeover_s:.2f} s (lock TTL 3 s, check every 1 s)")
+        print(f"leader takeover after {takeover_s:.2f} s (kill -9 of sbc-a; lock TTL 3 s, check every 1 s)")
         assert takeover_s <= 3 + 1 + 1
         assert second is not None
         new_port = second.udp_port
@@ -378,5 +398,8 @@ async def test_one_leader_registers_and_a_peer_takes_over(cluster_id: str, mysql
         assert {r.header("Call-ID") for _, _, r in registrar.seen} == {carrier.gateway_sid}
     finally:
         transport.close()
+        if first.returncode is None:
+            first.kill()
+            await first.wait()
         if second is not None:
             await stop_sidecar(second)
