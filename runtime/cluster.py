@@ -2,9 +2,12 @@
 
 `ClusterLinks` offers what `RespLink` offers (`pipeline`, `transaction`, `command`), routed by key: the map comes
 from `CLUSTER SLOTS` at first use and again after a `MOVED` (a slot that moved) or a lost connection (a master that
-failed over). A command answered `MOVED` or `ASK` was not run, so it is sent again, to the owner named (at most
-`REDIRECTS` times); a command on a connection that broke may have run, so it is not: the caller gets the error, as
-with a single Redis.
+failed over). A command answered `MOVED` or `ASK` was not run, so it is sent again (at most `REDIRECTS` times): after
+`MOVED` to the new owner the map names, after `ASK` (its slot is being migrated and the key has gone) with `ASKING` to
+the importing master, the map left as it is. A transaction on a slot being migrated is refused (`ASK`, `TRYAGAIN`)
+and tried again after the map is read; the consumer retries a commit that still fails, until the slot has moved. A
+command on a connection that broke may have run, so it is not sent again: the caller gets the error, as with a single
+Redis.
 
 `commit` is the consumer's commit on a cluster: the commands in the slot of the streams it acknowledges (the
 partition's `{p}` hash tag) run in one MULTI/EXEC there, as on a single Redis; the others, the keys jambonz reads
@@ -178,16 +181,38 @@ class ClusterLinks:
                 self._forget_map()
                 raise
             again: list[int] = []
+            asked: list[tuple[int, Node]] = []
             for indexes, result in zip(by_node.values(), results, strict=True):
                 for index, reply in zip(indexes, result, strict=True):
                     replies[index] = reply
-                    if _redirect(reply) and attempt < REDIRECTS:
+                    if attempt == REDIRECTS or not _redirect(reply):
+                        continue
+                    target = self._asked(reply)
+                    if target is None:
+                        again.append(index)
+                    else:
+                        asked.append((index, target))
+            if asked:  # a slot being migrated: ASKING, then the command, at the importing master; the map stays
+                answers = await asyncio.gather(
+                    *(self._link(node).pipeline([("ASKING",), commands[index]]) for index, node in asked)
+                )
+                for (index, _), (_, reply) in zip(asked, answers, strict=True):
+                    replies[index] = reply
+                    if _redirect(reply):
                         again.append(index)
             if not again:
                 return replies
             await self._after_redirect(attempt)
             todo = again
         return replies
+
+    def _asked(self, reply: object) -> Node | None:
+        """The master an `ASK <slot> <host>:<port>` reply names; None for any other reply."""
+        text = str(reply)
+        if not text.startswith("ASK "):
+            return None
+        host, _, port = text.split()[-1].rpartition(":")
+        return (host or self.seed.host, int(port))
 
     async def _after_redirect(self, attempt: int) -> None:
         if attempt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis as redis_sync
 from redis.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import AskError, ResponseError
 
 from bench.rediscluster import LocalCluster
 from runtime.cluster import ClusterLinks, command_keys, key_slot
@@ -97,3 +97,34 @@ async def test_commit_writes_other_slots_first_and_replies_after_the_exec(
 def test_the_local_cluster_serves_every_slot(redis_cluster: LocalCluster) -> None:
     info = redis_sync.Redis(port=redis_cluster.ports[2]).execute_command("CLUSTER", "INFO")
     assert b"cluster_state:ok" in info and b"cluster_slots_assigned:16384" in info
+
+
+async def test_a_key_of_a_slot_being_migrated_is_read_at_the_importing_master(
+    redis_cluster: LocalCluster, links: ClusterLinks
+) -> None:
+    """A real migration (CLUSTER SETSLOT MIGRATING / IMPORTING, MIGRATE): the source answers ASK for the key that has
+    gone, the link asks the importing master with ASKING and keeps its map; once the slot is assigned, MOVED."""
+    key = "links-test:migrating"
+    slot = key_slot(key)
+    source = redis_cluster.owner_of(key)
+    target = next(m for m in redis_cluster.masters if m is not source)
+    source_id = source.client().execute_command("CLUSTER", "MYID").decode()
+    target_id = target.client().execute_command("CLUSTER", "MYID").decode()
+    await links.command("SET", key, "before the move")
+    refreshes = links.refreshes
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    try:
+        source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", key)
+        with pytest.raises(AskError):  # gone from the source: it sends the client to the importing master
+            source.client().get(key)
+        assert await links.command("GET", key) == b"before the move"
+        assert links.refreshes == refreshes  # ASK is no reason to read the map again
+    finally:
+        for master in redis_cluster.masters:  # the slot is the target's now, for every master
+            master.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    redis_cluster.wait_ok()
+    assert await links.command("GET", key) == b"before the move"  # MOVED: the map read again
+    assert links.refreshes == refreshes + 1
+    await links.command("DEL", key)
+    links.close()
