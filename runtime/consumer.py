@@ -34,7 +34,7 @@ from typing import Any, cast
 
 from events import Event, EventDecodeError, StreamNames
 from runtime.eventlog import EventLog
-from runtime.faults import REDIS_FAULTS
+from runtime.faults import REDIS_FAULTS, STORE_FAULTS
 from runtime.handling import BatchHandler, ConcurrentHandler, Delivery, Outcome, Step
 from runtime.redis_scripts import scripts_used
 
@@ -54,6 +54,7 @@ class ConsumerStats:
     consumers_removed: int = 0  # dead consumers removed from the group
     batches: int = 0
     in_flight: int = 0  # ConcurrentConsumer: deliveries read and not yet committed
+    retried: int = 0  # ConcurrentConsumer: deliveries begun again after a store fault
 
 
 @dataclass(slots=True)
@@ -498,6 +499,7 @@ class ConcurrentConsumer(Consumer):
         self._to_commit = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._held: set[str] = set()  # "<stream>|<id>" of every delivery in flight here
+        self._retries: dict[str, int] = {}  # "<stream>|<id>" -> store faults met so far (see _settle)
 
     def _holds(self, stream: str, entry_id: bytes | str) -> bool:
         return _key(stream, entry_id) in self._held
@@ -567,11 +569,11 @@ class ConcurrentConsumer(Consumer):
             steps = [error] * len(deliveries)
         for delivery, step in zip(deliveries, steps, strict=True):
             if isinstance(step, Outcome | BaseException):
-                self._decided.append((delivery, step))
+                self._settle(delivery, step)
             elif inspect.isawaitable(step):
                 self._start(self._finish(delivery, step))
             else:
-                self._decided.append((delivery, TypeError(f"handler step of type {type(step).__name__}")))
+                self._settle(delivery, TypeError(f"handler step of type {type(step).__name__}"))
         self._to_commit.set()
 
     async def _finish(self, delivery: Delivery, step: Awaitable[Outcome]) -> None:
@@ -580,8 +582,28 @@ class ConcurrentConsumer(Consumer):
             result = await step
         except Exception as exc:  # noqa: BLE001 - the delivery fails and is retried
             result = exc
-        self._decided.append((delivery, result))
+        self._settle(delivery, result)
         self._to_commit.set()
+
+    def _settle(self, delivery: Delivery, result: Outcome | BaseException) -> None:
+        """A delivery's result goes to the next commit; one that met a store fault (nothing of it was written) is
+        begun again here first, after RETRY_AFTER_S[n], so that a Redis or MySQL blip costs the phone a moment and
+        not its deadline (a failed delivery is otherwise claimed again only after `claim_idle_ms`). It stays in
+        flight meanwhile: the AOR's next requests still wait behind it."""
+        key = _key(delivery.stream, delivery.entry_id)
+        if isinstance(result, STORE_FAULTS) and not self._stopping.is_set():
+            tries = self._retries.get(key, 0)
+            if tries < len(RETRY_AFTER_S):
+                self._retries[key] = tries + 1
+                self.stats.retried += 1
+                self._start(self._again(delivery, RETRY_AFTER_S[tries]))
+                return
+        self._retries.pop(key, None)
+        self._decided.append((delivery, result))
+
+    async def _again(self, delivery: Delivery, delay_s: float) -> None:
+        await self._wait(self._stopping, delay_s)  # a stop cuts the wait short: it is decided (or fails) at once
+        await self._begin([delivery])
 
     async def _commit_loop(self) -> None:
         """Commits whatever was decided, one MULTI at a time: what is decided meanwhile makes the next one."""
@@ -638,6 +660,9 @@ class ConcurrentConsumer(Consumer):
 
 
 TAKEOVER_CHECK_S = 1.0  # how often a consumer looks for dead peers
+# A ConcurrentConsumer's delivery whose handler met a store fault is begun again after each of these (3.75 s in all,
+# within a request's 10 s reply deadline); then it fails as any delivery does.
+RETRY_AFTER_S = (0.25, 0.5, 1.0, 2.0)
 TAKEOVER_IDLE_MS = 1000  # a dead peer's entry is taken once idle this long (a faster peer resets it)
 
 
