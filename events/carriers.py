@@ -79,6 +79,7 @@ class OutboundRegisterAnswered(Event, frozen=True, kw_only=True):
     contact_expires: int | None = None  # the first Contact's expires parameter in a 200
     authenticated: bool = False  # the answer is to a retry with credentials
     source: str | None = None  # ip:port the answer came from, when the front knows it
+    unanswered: tuple[str, ...] = ()  # ip:port of located addresses tried before, that gave no answer at all
     addresses: tuple[str, ...] = ()  # the gateway's IPv4 addresses, for reg trunks
 
 

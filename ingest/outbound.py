@@ -8,7 +8,11 @@ whichever SBC happened to read the command.
 For each `OutboundRegisterRequested` it sends the REGISTER through the front as a client transaction, answers
 a 401/407 once with an MD5 digest (qop=auth with nc and cnonce when offered, opaque echoed; same Call-ID and
 From tag, CSeq + 1; sent to the challenger's address when the next hop is a hostname, DRACHTIO.md 7.1), and
-commits `OutboundRegisterAnswered` on `carriers` with the ack. The carrier password arrives sealed
+commits `OutboundRegisterAnswered` on `carriers` with the ack, naming the address that answered and those
+located before it that gave no answer (the native front tries them in turn, RFC 3263 4.3). Each of the two
+transactions has Timer F (32 s), shared by the addresses it is tried at, and no more than is left of the
+regbot's deadline for the attempt: the regbot acts on no answer after it (it sends the REGISTER again), so
+a REGISTER that would go out after it is not sent. The carrier password arrives sealed
 (runtime/sealed.py) and is opened only here, in memory. The gateway OPTIONS pings on the same stream are sent
 by `ingest/pings.py`.
 """
@@ -43,7 +47,11 @@ from runtime.sealed import Sealer
 log = logging.getLogger(__name__)
 
 EDGE_HOST = "localhost"  # the Contact host the edge replaces with its own address (processors/regbot/targets.py)
-TRANSACTION_TIMEOUT_S = 32.0  # Timer F
+TRANSACTION_TIMEOUT_S = 32.0  # Timer F: one transaction, shared by the located addresses it is tried at
+
+
+class AttemptExpired(Exception):
+    """The regbot's deadline for an attempt passed before one of its REGISTERs could be sent."""
 
 
 def md5_hex(text: str) -> str:
@@ -187,6 +195,13 @@ class OutboundRegistrations:
         try:
             await self._front_ready()
             answer = await self._exchange(command, causation_id)
+        except AttemptExpired:
+            log.info(
+                "outbound REGISTER not sent, past the attempt's deadline carrier=%s gateway=%s",
+                command.voip_carrier_sid,
+                command.sip_gateway_sid,
+            )
+            return Outcome()  # as for a command read too late: the regbot sends a new attempt
         except Exception as exc:  # noqa: BLE001 - any failure to send is an answer (SPEC 4.4 "exception while sending")
             self.failed += 1
             log.warning(
@@ -254,12 +269,23 @@ class OutboundRegistrations:
                 raise ConnectionError("the SIP front is not ready")
             await asyncio.sleep(0.05)
 
+    def _timeout_s(self, command: OutboundRegisterRequested) -> float:
+        """One transaction's time: Timer F, cut to what is left of the attempt (the regbot acts on no answer
+        after its deadline and sends the REGISTER again). Raises `AttemptExpired` when nothing is left."""
+        if not command.deadline_ms:
+            return TRANSACTION_TIMEOUT_S
+        left_s = (command.deadline_ms - now_ms()) / 1000
+        if left_s <= 0:
+            raise AttemptExpired
+        return min(TRANSACTION_TIMEOUT_S, left_s)
+
     async def _exchange(self, command: OutboundRegisterRequested, causation_id: str) -> OutboundRegisterAnswered:
         tag = os.urandom(5).hex()
         cseq = command.cseq
         self.sent += 1
         first = self._request(command, tag, cseq, None, command.next_hop)
-        answer = await self.front.exchange(first, TRANSACTION_TIMEOUT_S)
+        answer = await self.front.exchange(first, self._timeout_s(command))
+        unanswered = answer.unanswered
         response = answer.response
         authenticated = False
         if response.status in (401, 407):
@@ -288,7 +314,8 @@ class OutboundRegistrations:
                 self.sent += 1
                 hop = retry_hop(command.next_hop, command.request_uri, answer)
                 request = self._request(command, tag, cseq, (answer_name, value), hop)
-                answer = await self.front.exchange(request, TRANSACTION_TIMEOUT_S)
+                answer = await self.front.exchange(request, self._timeout_s(command))
+                unanswered += answer.unanswered
                 response = answer.response
                 authenticated = True
         expires_header, contact_expires = granted_in(response) if response.status == 200 else (None, None)
@@ -296,12 +323,16 @@ class OutboundRegistrations:
         if command.resolve_addresses:
             # SPEC 4.4: the literal, else A records (a port given) or SRV by the gateway's transport, then A.
             addresses = await self.locator.addresses(command.gateway_host, command.gateway_port, command.transport)
+        source = f"{answer.source[1]}:{answer.source[2]}" if answer.source is not None else None
+        not_answering = tuple(f"{address}:{port}" for _, address, port in unanswered)
         log.info(
-            "outbound REGISTER answered carrier=%s gateway=%s status=%d cseq=%d",
+            "outbound REGISTER answered carrier=%s gateway=%s status=%d cseq=%d from=%s unanswered=%s",
             command.voip_carrier_sid,
             command.sip_gateway_sid,
             response.status,
             cseq,
+            source or "-",
+            ",".join(not_answering) or "-",
         )
         return self._answer(
             command,
@@ -312,6 +343,7 @@ class OutboundRegistrations:
             expires_header=expires_header,
             contact_expires=contact_expires,
             authenticated=authenticated,
-            source=f"{answer.source[1]}:{answer.source[2]}" if answer.source is not None else None,
+            source=source,
+            unanswered=not_answering,
             addresses=addresses,
         )

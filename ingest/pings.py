@@ -3,8 +3,9 @@
 `OutboundRegistrations` (ingest/outbound.py), the edge's handler of the `commands` stream, hands every
 `GatewayPingRequested` here. A ping addressed to another SBC is that SBC's to send (each SBC pings from its own
 address); one past its deadline is dropped (the next round sends another). The OPTIONS is a client transaction
-of the front (native: Timer E/F; drachtio: its own); the final answer, a 408 when none came within the
-command's timeout, or the failure to send, becomes `GatewayPingAnswered` on `carriers`, committed with the ack.
+of the front (native: Timer E/F, and the next located address when one gives no answer, all within the
+command's timeout; drachtio: its own); the final answer, a 408 when none came within the command's timeout, or
+the failure to send, becomes `GatewayPingAnswered` on `carriers`, committed with the ack.
 """
 
 from __future__ import annotations
@@ -57,8 +58,17 @@ class GatewayPings:
             if not self.front.ready:
                 raise ConnectionError("the SIP front is not ready")
             self.sent += 1
-            response = await self.front.send_request(self._request(command), command.timeout_ms / 1000)
+            exchanged = await self.front.exchange(self._request(command), command.timeout_ms / 1000)
+            response, source = exchanged.response, exchanged.source
             status, reason = response.status, f"{response.status} {response.reason}"
+            if exchanged.unanswered:
+                log.info(
+                    "gateway OPTIONS answered after addresses that did not gateway=%s status=%d from=%s unanswered=%s",
+                    command.gateway.sip_gateway_sid,
+                    status,
+                    f"{source[1]}:{source[2]}" if source is not None else "-",
+                    ",".join(f"{address}:{port}" for _, address, port in exchanged.unanswered),
+                )
         except Exception as exc:  # noqa: BLE001 - any failure to send is an answer (SPEC 4.6 "exception while sending")
             self.failed += 1
             error = str(exc) or type(exc).__name__

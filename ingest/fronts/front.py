@@ -59,11 +59,14 @@ class ClientAnswer:
     """The final response to an `OutboundRequest`, and where it came from when the front knows it.
 
     `source` is (transport, address, port) of the peer that sent the response; None for a response
-    the front made up itself (Timer F's 408) or when the front does not record it.
+    the front made up itself (Timer F's 408) or when the front does not record it. `unanswered` are the
+    located addresses the request went to before, in order, that gave no response at all (RFC 3263 4.3;
+    the native front's, the drachtio front leaves that to drachtio-server and reports none).
     """
 
     response: SipResponse
     source: tuple[str, str, int] | None = None
+    unanswered: tuple[tuple[str, str, int], ...] = ()
 
 
 class SipFront(Protocol):

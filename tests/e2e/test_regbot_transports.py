@@ -1,4 +1,5 @@
-"""Outbound registration over TCP and TLS, to gateways named by DNS, and the refresh of a short grant.
+"""Outbound registration over TCP and TLS, to gateways named by DNS (and past a target that never answers), and
+the refresh of a short grant.
 
 sipp plays the carrier's registrar over UDP and TCP; over TLS a registrar written in the test (tests/sipserver.py)
 does, because Debian's sipp is built without OpenSSL. DNS is a real server on loopback (tests/dnsserver.py) that
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from events import CarrierRegisterFailed, default_codec
+from events import CarrierRegistered, CarrierRegisterFailed, OutboundRegisterAnswered, default_codec
+from ingest import outbound
 from ingest.sip.digest import parse_digest_params
 from tests.certs import self_signed
 from tests.conftest import free_port
@@ -27,6 +29,7 @@ from tests.e2e.test_regbot import (
     FAST,
     PASSWORD,
     USERNAME,
+    Seen,
     carrier_row,
     eventually,
     md5,
@@ -35,6 +38,16 @@ from tests.e2e.test_regbot import (
     uas,
 )
 from tests.sipserver import carrier_server
+
+
+class SilentUdp(asyncio.DatagramProtocol):
+    """A bound UDP port that reads and never answers: what arrived, with when (local time, as sipp logs it)."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[datetime, str]] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.arrivals.append((datetime.now(), data.decode()))
 
 
 def sipp_sent(messages: str, status_line: str) -> list[datetime]:
@@ -232,3 +245,80 @@ async def test_refresh_at_half_of_a_30_s_grant(
     with capsys.disabled():
         print(f"\n--- sipp (carrier, Expires: 30) transcript; refresh {gap_s:.3f} s after the 200 ---\n")
         print(result.messages)
+
+
+async def test_a_srv_target_that_never_answers_over_udp_gives_way_to_the_next_priority(
+    cluster_id: str, mysql_db: str, redis: Redis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RFC 3263 4.3: carrier.test's priority 10 SRV target is a bound UDP port that reads and never answers (a
+    # real timeout, no ICMP), priority 20 is sipp, challenging then granting. The edge's Timer F is cut from 32
+    # to 8 s, so the silent target has its share, 4 s (copies at 0, 0.5, 1.5, 3.5 s), before the REGISTER goes,
+    # as a new transaction, to sipp; the digest retry goes to sipp, the address that challenged
+    monkeypatch.setattr(outbound, "TRANSACTION_TIMEOUT_S", 8.0)
+    loop = asyncio.get_running_loop()
+    silent = SilentUdp()
+    endpoint, _ = await loop.create_datagram_endpoint(lambda: silent, local_addr=("127.0.0.1", 0))
+    silent_port, sipp_port = endpoint.get_extra_info("sockname")[1], free_port()
+    records = {
+        ("_sip._udp.carrier.test", "SRV"): [
+            f"10 10 {silent_port} quiet.carrier.test.",
+            f"20 10 {sipp_port} live.carrier.test.",
+        ],
+        ("quiet.carrier.test", "A"): ["127.0.0.1"],
+        ("live.carrier.test", "A"): ["127.0.0.1"],
+    }
+    carrier = await seed_carrier(mysql_db, None, host="carrier.test", trunk_type="static_ip")
+    sipp = uas("uas-carrier-challenge.xml", sipp_port, {"GRANT": "3600"}, timeout_s=30)
+    await asyncio.sleep(0.3)
+    try:
+        async with dns_server(records) as (dns, dns_port):
+            env = {**FAST, "SIDECAR_DNS_SERVERS": f"127.0.0.1:{dns_port}"}
+            sidecar = await start_sidecar(cluster_id, mysql_db, env=env)
+            started = datetime.now()
+            try:
+                result = await asyncio.wait_for(sipp, 40)
+                assert result.returncode == 0, result.stderr + result.messages[-3000:]
+
+                async def registered() -> dict[str, object] | None:
+                    status = await register_status(mysql_db, carrier.carrier_sid)
+                    return status if status and status["status"] == "ok" else None
+
+                status = await eventually(registered)
+                registered_after_s = (datetime.now() - started).total_seconds()
+                codec = default_codec()
+                facts = [codec.decode(fields) for _, fields in await redis.xrange(sidecar.names.carriers)]
+                await asyncio.sleep(0.5)  # nothing more goes to the silent target
+            finally:
+                await stop_sidecar(sidecar)
+    finally:
+        endpoint.close()
+    assert dns.asked("SRV") == ["_sip._udp.carrier.test"]
+    assert status["reason"] == "200 OK" and status["expires"] == 3600
+    copies = [text for _, text in silent.arrivals]
+    assert len(copies) == 4 and len(set(copies)) == 1, copies  # one transaction, retransmitted, then given up
+    quiet = Seen(silent.arrivals[0][0], copies[0])
+    first, authed = received_registers(result.messages)
+    assert quiet.text.startswith("REGISTER sip:carrier.test SIP/2.0") and first.text.startswith(
+        "REGISTER sip:carrier.test SIP/2.0"
+    )
+    for name in ("Call-ID", "CSeq", "From", "To", "Contact", "Expires"):  # the same request ...
+        assert first.header(name) == quiet.header(name), name
+    assert quiet.header("Call-ID") == carrier.gateway_sid and quiet.header("Authorization") is None
+    quiet_via, first_via = quiet.header("Via") or "", first.header("Via") or ""
+    assert quiet_via != first_via and quiet_via.split(";branch=")[0] == first_via.split(";branch=")[0]  # ... anew
+    moved_after_s = (first.at - quiet.at).total_seconds()
+    assert 3.8 <= moved_after_s < 4.6, moved_after_s  # the silent target's share of the 8 s
+    check_digest(authed.header("Authorization"))
+    granted_at = sipp_sent(result.messages, "SIP/2.0 200 OK")[0]
+    assert (granted_at - quiet.at).total_seconds() < 8.0  # the whole exchange within one Timer F
+    assert registered_after_s < 12.0, registered_after_s
+    [answered] = [fact for fact in facts if isinstance(fact, OutboundRegisterAnswered)]
+    assert (answered.status, answered.authenticated) == (200, True)
+    assert answered.source == f"127.0.0.1:{sipp_port}"  # which address answered, in the fact
+    assert answered.unanswered == (f"127.0.0.1:{silent_port}",)  # and which one did not
+    assert any(isinstance(fact, CarrierRegistered) for fact in facts)
+    with capsys.disabled():
+        print(
+            f"\n--- failover: {len(copies)} copies to the silent target, sipp reached {moved_after_s:.3f} s after"
+            f" the first, registered {registered_after_s:.3f} s after the service started ---"
+        )

@@ -1,12 +1,20 @@
 """Client transactions for requests the service sends (RFC 3261 17.1.2, non-INVITE).
 
-The next hop is located with `ingest/locator.py` (SRV, then A records). Over UDP the request is retransmitted on
-Timer E (T1 doubling to T2; T2 once a provisional arrives) until a final response or Timer F (64*T1) gives a
-408. Over TCP and TLS it goes on a connection to the hop (the first of the located addresses that connects),
-kept open and used again by later requests to the same hop: the digest retry and the refreshes of a
-registration ride the connection its first REGISTER opened, as a carrier expects of a registered UA; Timer F
-alone applies. What arrives on such a connection goes to the dispatcher like anything a listener receives
-(responses to the client transactions, requests to the handler). A connection closes when idle
+The next hop is located with `ingest/locator.py` (SRV, then A records) and the located addresses are tried in
+order (RFC 3263 4.3): a request that gets no response at all from one address (nothing before its time is up,
+a refused connection, a failed TLS handshake, a connection closed before the answer) is sent again to the next
+one as a new transaction (a new Via branch, everything else the same). Any response ends the search, a 503
+included, and a provisional one gives that address the rest of the time. The time is the request's timeout
+(Timer F, or what the caller gives), shared: each address but the last gets an equal share of what remains
+with those after it, at least `HOP_FLOOR_S`, and the last gets all that remains; so the request as a whole
+never outlasts its timeout, and a single address has all of it, as before.
+
+Over UDP the request is retransmitted on Timer E (T1 doubling to T2; T2 once a provisional arrives) until a
+final response or the end of its time, which gives a 408 when no address answered. Over TCP and TLS it goes on
+a connection to the hop, kept open and used again by later requests to the same hop: the digest retry and the
+refreshes of a registration ride the connection its first REGISTER opened, as a carrier expects of a registered
+UA; Timer F alone applies. What arrives on such a connection goes to the dispatcher like anything a listener
+receives (responses to the client transactions, requests to the handler). A connection closes when idle
 (`SIDECAR_SIP_IDLE_TIMEOUT_S`) or when the peer closes it; the next request opens another. Responses are matched
 by the top Via branch.
 """
@@ -15,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ingest.fronts.front import ClientAnswer, OutboundRequest
@@ -31,6 +39,7 @@ T1_S = 0.5
 T2_S = 4.0
 TIMER_F_S = 64 * T1_S
 STREAM_TRANSPORTS = ("tcp", "tls")
+HOP_FLOOR_S = 8 * T1_S  # an address before the last is given at least this: four copies over UDP
 
 OpenStream = Callable[[Hop, Callable[[StreamConnection], None]], Awaitable[StreamConnection]]
 
@@ -57,6 +66,27 @@ def timeout_response(request: SipRequest) -> SipResponse:
         if value is not None:
             response.headers.add(name, value)
     return response
+
+
+def hop_share_s(remaining_s: float, hops_left: int) -> float:
+    """How long the next of `hops_left` addresses may take of the `remaining_s` of a request's time: an equal
+    share with the addresses after it, at least `HOP_FLOOR_S`, never more than remains; the last one, all."""
+    if hops_left <= 1:
+        return remaining_s
+    return min(remaining_s, max(remaining_s / hops_left, HOP_FLOOR_S))
+
+
+def via_value(transport: str, host: str, port: int, branch: str) -> str:
+    sent_by = f"[{host}]" if ":" in host else host
+    return f"SIP/2.0/{transport.upper()} {sent_by}:{port};branch={branch};rport"
+
+
+def rebranched(message: SipRequest, branch: str) -> tuple[SipRequest, str]:
+    """The same request as a new transaction (RFC 3263 4.3): a new Via branch, every other byte the same."""
+    new_branch = f"z9hG4bK{random_hex(8)}"
+    headers = message.headers.copy()
+    headers.set("Via", (headers.get("via") or "").replace(f";branch={branch};", f";branch={new_branch};", 1))
+    return SipRequest(message.method, message.uri, headers, message.body), new_branch
 
 
 class ClientTransactions:
@@ -86,10 +116,9 @@ class ClientTransactions:
     def build(self, request: OutboundRequest, destination: Destination) -> tuple[SipRequest, str]:
         branch = f"z9hG4bK{random_hex(8)}"
         host, port = self._local_host(destination.transport), self._local_port(destination.transport)
-        sent_by = f"[{host}]" if ":" in host else host
         message = SipRequest(request.method.upper(), request.request_uri)
         headers = message.headers
-        headers.add("Via", f"SIP/2.0/{destination.transport.upper()} {sent_by}:{port};branch={branch};rport")
+        headers.add("Via", via_value(destination.transport, host, port, branch))
         headers.add("Max-Forwards", "70")
         given = {name.lower() for name, _ in request.headers}
         for name, value in request.headers:
@@ -108,103 +137,152 @@ class ClientTransactions:
         return (await self.exchange(request, timeout_s)).response
 
     async def exchange(self, request: OutboundRequest, timeout_s: float | None = None) -> ClientAnswer:
-        """The final response and the (transport, address, port) it answered from; source None for a 408 of
-        Timer F. Raises `LocateError` when the next hop does not resolve, `ConnectionError` when no located
-        address accepts a connection."""
+        """The final response and the (transport, address, port) it answered from, with the addresses tried
+        before it that gave no response at all; source None for the 408 when no final response came in
+        `timeout_s`. Raises `LocateError` when the next hop does not resolve, `ConnectionError` when the
+        request could be sent to no located address (each one's failure in words)."""
         destination = destination_of(request)
         if destination.transport not in ("udp", *STREAM_TRANSPORTS):
             raise ValueError(f"outbound {destination.transport} is not supported by the native front")
         hops = await self.locator.hops(destination.host, destination.port, destination.transport)
         message, branch = self.build(request, destination)
-        timeout_s = timeout_s or self.timer_f_s
-        if destination.transport == "udp":
-            hop = hops[0]
-            response = await self._send_udp_transaction(message, branch, (hop.address, hop.port), timeout_s)
-            if response is None:
-                return ClientAnswer(timeout_response(message))
-            return ClientAnswer(response, ("udp", hop.address, hop.port))
-        return await self._send_stream(message, branch, hops, timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout_s or self.timer_f_s)
+        unanswered: list[tuple[str, str, int]] = []
+        failures: list[str] = []
+        for index, hop in enumerate(hops):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if index:  # RFC 3263 4.3: the same request as a new transaction, a new branch
+                message, branch = rebranched(message, branch)
+            started = loop.time()
+            failure = None
+            try:
+                response = await self._transaction(
+                    message, branch, hop, started + hop_share_s(remaining, len(hops) - index), deadline
+                )
+            except OSError as exc:  # a refused or closed connection, a TLS failure, nothing to send from
+                response, failure = None, f"{hop.address}:{hop.port} {exc.strerror or exc}"
+            finally:
+                heard = branch in self._provisional
+                self._provisional.discard(branch)
+            if response is not None:
+                return ClientAnswer(response, (hop.transport, hop.address, hop.port), tuple(unanswered))
+            if failure is not None:
+                failures.append(failure)
+            elif not heard:
+                unanswered.append((hop.transport, hop.address, hop.port))
+            after = hops[index + 1] if index + 1 < len(hops) and not heard else None
+            log.log(
+                logging.INFO if failure is not None or after is not None else logging.DEBUG,  # a 408 says the rest
+                "outbound request without a final response method=%s call_id=%s to=%s:%s transport=%s"
+                " after_s=%.1f error=%s provisional=%s next=%s",
+                message.method,
+                message.call_id,
+                hop.address,
+                hop.port,
+                hop.transport,
+                loop.time() - started,
+                failure or "none",
+                heard,
+                f"{after.address}:{after.port}" if after is not None else "none",
+            )
+            if heard:
+                break  # the hop is there and working on it: its silence since is no reason to go elsewhere
+        if unanswered or not failures:
+            return ClientAnswer(timeout_response(message), None, tuple(unanswered))
+        verb = "send" if destination.transport == "udp" else "connect"
+        raise ConnectionError(f"cannot {verb} over {destination.transport} to {hops[0].name}: {'; '.join(failures)}")
+
+    async def _transaction(
+        self, message: SipRequest, branch: str, hop: Hop, hop_deadline: float, deadline: float
+    ) -> SipResponse | None:
+        if hop.transport == "udp":
+            return await self._send_udp_transaction(message, branch, hop, hop_deadline, deadline)
+        return await self._send_stream(message, branch, hop, hop_deadline, deadline)
 
     async def _send_udp_transaction(
-        self, message: SipRequest, branch: str, address: tuple[str, int], timeout_s: float
+        self, message: SipRequest, branch: str, hop: Hop, hop_deadline: float, deadline: float
     ) -> SipResponse | None:
+        """The final response to one UDP transaction, or None when the hop gave none by `hop_deadline` (by
+        `deadline` once it sent a provisional one). Copies go out on Timer E; none when the transaction ends."""
         data = message.serialize()
-        future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[SipResponse] = loop.create_future()
         self._pending[branch] = future
         interval = T1_S
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        next_copy_at = loop.time()
         try:
             while True:
-                self._send_udp(data, address)
-                remaining = deadline - asyncio.get_running_loop().time()
-                timer_f_first = remaining <= interval  # Timer F fires before the next Timer E
+                now = loop.time()
+                ends_at = deadline if branch in self._provisional else hop_deadline
+                if now >= ends_at:
+                    return None  # Timer F, or the hop's share of it: no copy goes out with the end
+                if now >= next_copy_at:
+                    self._send_udp(data, (hop.address, hop.port))
+                    next_copy_at = now + (T2_S if branch in self._provisional else interval)
+                    interval = min(interval * 2, T2_S)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(future), max(0.0, min(interval, remaining)))
+                    return await asyncio.wait_for(asyncio.shield(future), min(next_copy_at, ends_at) - now)
                 except TimeoutError:
-                    if timer_f_first:
-                        return None  # the transaction ends: no copy goes out with the 408
-                    interval = T2_S if branch in self._provisional else min(interval * 2, T2_S)
+                    continue
         finally:
             self._pending.pop(branch, None)
-            self._provisional.discard(branch)
 
     async def _send_stream(
-        self, message: SipRequest, branch: str, hops: Sequence[Hop], timeout_s: float
-    ) -> ClientAnswer:
+        self, message: SipRequest, branch: str, hop: Hop, hop_deadline: float, deadline: float
+    ) -> SipResponse | None:
+        """The final response over a connection to the hop, or None when none came by `hop_deadline` (by
+        `deadline` once a provisional one came). A connection that is refused, fails its TLS handshake, is not
+        made by `hop_deadline`, or closes before the final response raises `ConnectionError` (an `OSError`)."""
         data = message.serialize()
+        loop = asyncio.get_running_loop()
+        share_s = hop_deadline - loop.time()
         try:
-            async with asyncio.timeout(timeout_s):
-                for attempt in range(2):
-                    connection, hop, reused = await self._connection(hops)
-                    future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
-                    self._pending[branch] = future
-                    self._carried_by[branch] = connection
-                    try:
-                        connection.send(data)
-                        response = await future
-                    except ConnectionError:
-                        if reused and attempt == 0:
-                            continue  # the peer had closed the kept connection: once more on a new one
-                        raise
-                    return ClientAnswer(response, (hop.transport, hop.address, hop.port))
-                raise AssertionError("unreachable")
-        except TimeoutError:
-            return ClientAnswer(timeout_response(message))
+            for attempt in range(2):
+                try:
+                    async with asyncio.timeout_at(hop_deadline):
+                        connection, reused = await self._connection(hop)
+                except TimeoutError as exc:
+                    raise ConnectionError(f"no connection within {share_s:.1f}s") from exc
+                future: asyncio.Future[SipResponse] = loop.create_future()
+                self._pending[branch] = future
+                self._carried_by[branch] = connection
+                try:
+                    connection.send(data)
+                    while True:
+                        ends_at = deadline if branch in self._provisional else hop_deadline
+                        if loop.time() >= ends_at:
+                            return None
+                        try:
+                            return await asyncio.wait_for(asyncio.shield(future), ends_at - loop.time())
+                        except TimeoutError:
+                            continue
+                except ConnectionError:
+                    if reused and attempt == 0:
+                        continue  # the peer had closed the kept connection: once more on a new one
+                    raise
+            raise AssertionError("unreachable")
         finally:
             self._pending.pop(branch, None)
             self._carried_by.pop(branch, None)
-            self._provisional.discard(branch)
 
-    async def _connection(self, hops: Sequence[Hop]) -> tuple[StreamConnection, Hop, bool]:
-        """An open connection to the first hop that has or accepts one: (connection, hop, whether kept)."""
+    async def _connection(self, hop: Hop) -> tuple[StreamConnection, bool]:
+        """An open connection to the hop: (connection, whether it was kept from an earlier request)."""
         if self._open_stream is None:
             raise ConnectionError("this front cannot open stream connections")
-        failures: list[str] = []
-        for hop in hops:
+        kept = self._streams.get(hop)
+        if kept is not None and kept.transport is not None and not kept.transport.is_closing():
+            return kept, True
+        lock = self._opening.setdefault(hop, asyncio.Lock())
+        async with lock:  # two requests to one hop at once open one connection
             kept = self._streams.get(hop)
             if kept is not None and kept.transport is not None and not kept.transport.is_closing():
-                return kept, hop, True
-            lock = self._opening.setdefault(hop, asyncio.Lock())
-            async with lock:  # two requests to one hop at once open one connection
-                kept = self._streams.get(hop)
-                if kept is not None and kept.transport is not None and not kept.transport.is_closing():
-                    return kept, hop, True
-                try:
-                    connection = await self._open_stream(hop, self._stream_lost)
-                except OSError as exc:
-                    failures.append(f"{hop.address}:{hop.port} {exc.strerror or exc}")
-                    log.info(
-                        "outbound connection failed transport=%s to=%s:%s error=%s",
-                        hop.transport,
-                        hop.address,
-                        hop.port,
-                        exc,
-                    )
-                    continue
-                self._streams[hop] = connection
-                return connection, hop, False
-        transport, name = (hops[0].transport, hops[0].name) if hops else ("?", "?")
-        raise ConnectionError(f"cannot connect over {transport} to {name}: {'; '.join(failures)}")
+                return kept, True
+            connection = await self._open_stream(hop, self._stream_lost)
+            self._streams[hop] = connection
+            return connection, False
 
     def _stream_lost(self, connection: StreamConnection) -> None:
         """A client connection closed: forgotten, and the requests waiting on it fail now, not at Timer F."""
