@@ -259,18 +259,23 @@ class BenchRedis:
         """Deletes the run's cluster keys and the realms' registrations; returns how many keys went."""
         deleted = 0
         for pattern in (f"{self.cluster_id}:*", *(f"user:*@{realm}" for realm in realms)):
-            batch: list[bytes] = []
-            async for key in self.client.scan_iter(match=pattern, count=5000):
-                batch.append(key)
-                if len(batch) >= 5000:
-                    deleted += await self.client.unlink(*batch)
-                    batch = []
-            if batch:
-                deleted += await self.client.unlink(*batch)
+            deleted += await self._unlink_matching(pattern)
         for realm in realms:
             members = [m async for m, _ in self.client.zscan_iter(ACTIVE_USER_KEY, match=f"user:*@{realm}", count=5000)]
             for start in range(0, len(members), 5000):
                 await self.client.zrem(ACTIVE_USER_KEY, *members[start : start + 5000])
+        return deleted
+
+    async def _unlink_matching(self, pattern: str) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=pattern, count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                deleted += await self.client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await self.client.unlink(*batch)
         return deleted
 
     async def close(self) -> None:
@@ -317,17 +322,12 @@ class BenchRedisCluster(BenchRedis):
         client = RedisCluster(host="127.0.0.1", port=self.local.ports[0])
         return client  # type: ignore[return-value]  # the same commands, each routed to its slot's master
 
-    async def clean(self, realms: Sequence[str] = (REALM,)) -> int:
-        """The run's keys on every master (a key at a time: they are in many slots)."""
+    async def _unlink_matching(self, pattern: str) -> int:
+        """The keys on every master, a key at a time (they are in many slots)."""
         deleted = 0
         for node in self._nodes:
-            for pattern in (f"{self.cluster_id}:*", *(f"user:*@{realm}" for realm in realms)):
-                async for key in node.scan_iter(match=pattern, count=5000):
-                    deleted += await node.unlink(key)
-        for realm in realms:
-            members = [m async for m, _ in self.client.zscan_iter(ACTIVE_USER_KEY, match=f"user:*@{realm}", count=5000)]
-            for start in range(0, len(members), 5000):
-                await self.client.zrem(ACTIVE_USER_KEY, *members[start : start + 5000])
+            async for key in node.scan_iter(match=pattern, count=5000):
+                deleted += await node.unlink(key)
         return deleted
 
     async def close(self) -> None:

@@ -52,7 +52,7 @@ from events import (
 )
 from events.streams import GROUP_PROCESSORS, GROUP_PROJECTIONS, edge_group, user_key
 from projections.history import load_history
-from tests.conftest import MYSQL_PORT, base_env, free_port
+from tests.conftest import MYSQL_PORT, base_env, free_port, sidecar_cli
 from tests.e2e import jambonz
 from tests.e2e.jambonz import REALM, AuthWebhook, populate
 from tests.e2e.sip_phones import Phone, SbcRoute
@@ -277,17 +277,9 @@ async def held_by(redis: Redis, names: StreamNames, ingest_id: str) -> list[str]
     return found
 
 
-async def sidecar_cli(env: dict[str, str], *args: str) -> str:
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runtime.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+async def cli(env: dict[str, str], *args: str) -> str:
+    """`sbc-sidecar <args>` in a process of its own; its output, once it succeeded."""
+    done = await asyncio.to_thread(sidecar_cli, env, *args)
     assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done.stdout
 
@@ -449,13 +441,13 @@ async def check_histories(site: TwoSbcs, phones: list[Phone], told: list[Phone],
         if phone.answers["sbc-b timeout"] == 0:  # a phone that went back to A after a B timeout is left out
             assert sbcs_in_story(steps) == used, (phone.user, phone.route_log, phone.answers)
     for phone in told:
-        text = await sidecar_cli(site.env, "history", phone.aor)
+        text = await cli(site.env, "history", phone.aor)
         lines = text.splitlines()
         via_a = [i for i, line in enumerate(lines) if f"REGISTER via sbc-a ({addresses['sbc-a']}) from " in line]
         via_b = [i for i, line in enumerate(lines) if f"REGISTER via sbc-b ({addresses['sbc-b']}) from " in line]
         assert via_a and via_b and max(via_a) < min(via_b), text
         as_json = [
-            json.loads(line) for line in (await sidecar_cli(site.env, "history", phone.aor, "--json")).splitlines()
+            json.loads(line) for line in (await cli(site.env, "history", phone.aor, "--json")).splitlines()
         ]
         assert sbcs_in_story(as_json) == ["sbc-a", "sbc-b"], as_json
         assert {s["sbc_address"] for s in as_json if s.get("sbc")} == {addresses["sbc-a"], addresses["sbc-b"]}
@@ -545,7 +537,7 @@ async def test_sbc_a_killed_under_load(
             failed_over = next(p for p in kill.on_a if p not in movers and p.answers["sbc-a timeout"])
             await check_histories(site, phones, [movers[0], failed_over], addresses)
 
-            listing = await sidecar_cli(site.env, "sbcs")
+            listing = await cli(site.env, "sbcs")
             print(listing)
             lines = listing.splitlines()
             assert lines[0].startswith("sbc-b  live") and f"sip udp/{site.b_ns.ip}:{SIP_PORT}" in lines[0]

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 from redis.asyncio import Redis
 
 from events import StreamNames
 from events.streams import edge_group
 from ingest.membership import Membership, read_sbcs
-from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import REDIS_DB, REDIS_HOST, REDIS_PORT, sidecar_cli
 
 
 def member(redis: Redis, names: StreamNames, ingest_id: str, **kwargs: float) -> Membership:
@@ -164,16 +159,7 @@ async def test_sbcs_command_prints_live_and_dead(redis: Redis, names: StreamName
         "SIDECAR_REDIS_DB": str(REDIS_DB),
         "JAMBONES_CLUSTER_ID": cluster_id,
     }
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "runtime.cli", "sbcs"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = await asyncio.to_thread(sidecar_cli, env, "sbcs")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("sbc-b  live") and "sip udp/10.200.0.5:5070" in lines[0]
