@@ -159,7 +159,17 @@ class ClusterLinks:
     # -- what RespLink offers, routed ----------------------------------------------------------------------
 
     async def pipeline(self, commands: Sequence[Command]) -> list[object]:
-        """Every command sent to its slot's master (one write per master, all at once); replies in order."""
+        """Every command sent to its slot's master (one write per master, all at once); replies in order (errors as
+        hiredis.ReplyError values). Raises when a master could not be reached."""
+        replies = await self.replies(commands)
+        lost = next((reply for reply in replies if isinstance(reply, RedisConnectionError)), None)
+        if lost is not None:
+            raise lost
+        return replies
+
+    async def replies(self, commands: Sequence[Command]) -> list[object]:
+        """As `pipeline`, but a master that could not be reached gives each of its commands the error (a
+        RedisConnectionError) as its reply, while the others' commands run and answer."""
         replies: list[object] = [None] * len(commands)
         todo = list(range(len(commands)))
         slots = [command_slot(c) for c in commands]
@@ -169,20 +179,29 @@ class ClusterLinks:
             for index in todo:
                 slot = slots[index]
                 by_node.setdefault(owners[0 if slot is None else slot], []).append(index)
-            try:
-                if len(by_node) == 1:  # the usual case (one partition's streams): no task per master
-                    [(node, indexes)] = by_node.items()
-                    results = [await self._link(node).pipeline([commands[i] for i in indexes])]
-                else:
-                    results = await asyncio.gather(
-                        *(self._link(node).pipeline([commands[i] for i in group]) for node, group in by_node.items())
-                    )
-            except RedisConnectionError:
-                self._forget_map()
-                raise
+            if len(by_node) == 1:  # the usual case (one partition's streams): no task per master
+                [(node, indexes)] = by_node.items()
+                try:
+                    results: list[list[object] | BaseException] = [
+                        await self._link(node).pipeline([commands[i] for i in indexes])
+                    ]
+                except RedisConnectionError as exc:
+                    results = [exc]
+            else:
+                results = await asyncio.gather(
+                    *(self._link(node).pipeline([commands[i] for i in group]) for node, group in by_node.items()),
+                    return_exceptions=True,
+                )
             again: list[int] = []
             asked: list[tuple[int, Node]] = []
             for indexes, result in zip(by_node.values(), results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, RedisConnectionError):
+                        raise result
+                    self._forget_map()  # the master may have failed over: the next command reads the map again
+                    for index in indexes:
+                        replies[index] = result
+                    continue
                 for index, reply in zip(indexes, result, strict=True):
                     replies[index] = reply
                     if attempt == REDIRECTS or not _redirect(reply):
@@ -194,11 +213,17 @@ class ClusterLinks:
                         asked.append((index, target))
             if asked:  # a slot being migrated: ASKING, then the command, at the importing master; the map stays
                 answers = await asyncio.gather(
-                    *(self._link(node).pipeline([("ASKING",), commands[index]]) for index, node in asked)
+                    *(self._link(node).pipeline([("ASKING",), commands[index]]) for index, node in asked),
+                    return_exceptions=True,
                 )
-                for (index, _), (_, reply) in zip(asked, answers, strict=True):
-                    replies[index] = reply
-                    if _redirect(reply):
+                for (index, _), answer in zip(asked, answers, strict=True):
+                    if isinstance(answer, BaseException):
+                        if not isinstance(answer, RedisConnectionError):
+                            raise answer
+                        replies[index] = answer
+                        continue
+                    replies[index] = answer[1]
+                    if _redirect(answer[1]):
                         again.append(index)
             if not again:
                 return replies

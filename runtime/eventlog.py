@@ -98,6 +98,13 @@ def _entries(reply: object) -> list[tuple[str, RawEntry]]:
     return out
 
 
+def _appended(reply: object, count: int) -> str | StoreUnavailable:
+    """An XADD's reply: the entry id, or the fault (a Redis error reply, an unreachable master) as StoreUnavailable."""
+    if isinstance(reply, BaseException | hiredis.ReplyError):
+        return StoreUnavailable(f"append of {count} events failed: {reply}")
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
 def retention_min_id(retention_s: int, now_ms: int | None = None) -> str:
     """The oldest stream id a retention window keeps: what XADD MINID and XTRIM MINID are given."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -265,22 +272,32 @@ class EventLog:
 
     async def execute_appends(self, commands: Sequence[Sequence[object]]) -> list[str]:
         """Runs prepared XADD commands in one pipeline; returns the entry ids in order."""
+        results = await self.append_each(commands)
+        failed = next((r for r in results if isinstance(r, StoreUnavailable)), None)
+        if failed is not None:
+            raise failed
+        return [str(r) for r in results]
+
+    async def append_each(self, commands: Sequence[Sequence[object]]) -> list[str | StoreUnavailable]:
+        """Runs prepared XADD commands in one pipeline; the entry id of each, or the fault that kept it from its
+        stream. On a Redis Cluster the commands go to several masters, and one that cannot be reached fails its own
+        appends only: the others are stored, and their requests will be decided. Raises `StoreUnavailable` when
+        nothing can be told apart (the one connection to a single Redis broke)."""
         if not commands:
             return []
         try:
-            if self._link is not None:
-                ids = await self._link.pipeline(commands)
-                errors = [r for r in ids if isinstance(r, hiredis.ReplyError)]
-                if errors:
-                    raise ResponseError(str(errors[0]))
+            if self._cluster is not None:
+                replies: list[object] = await self._cluster.replies(commands)
+            elif self._link is not None:
+                replies = await self._link.pipeline(commands)
             else:
                 pipe = self.redis.pipeline(transaction=False)
                 for command in commands:
                     pipe.execute_command(*command)
-                ids = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
         except REDIS_FAULTS as exc:
             raise StoreUnavailable(f"append of {len(commands)} events failed: {exc}") from exc
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        return [_appended(reply, len(commands)) for reply in replies]
 
     async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
         """Creates the group (and the stream) unless it exists; safe to call from every process."""
@@ -356,12 +373,13 @@ class Appender:
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             try:
-                await self._log.execute_appends([command for command, _ in batch])
+                results = await self._log.append_each([command for command, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter gets the fault
                 error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"append failed: {exc!r}")
-                for _, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_exception(error)
+                results = [error] * len(batch)
+            for (_, waiter), result in zip(batch, results, strict=True):
+                if isinstance(result, StoreUnavailable) and not waiter.done():
+                    waiter.set_exception(result)  # only the appends that failed: the others will be decided
 
     async def __aenter__(self) -> Appender:
         return self

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import os
+
 import pytest
 import redis as redis_sync
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, ResponseError
 
 from bench.rediscluster import LocalCluster
+from events import RegisterChallenged, default_codec, stamp
+from events.streams import partition_names
 from runtime.cluster import ClusterLinks, command_keys, key_slot
+from runtime.errors import StoreUnavailable
+from runtime.eventlog import Appender, EventLog
 from runtime.resp import LinkSettings
+from runtime.settings import EventLogSettings
+from tests.conftest import free_port
 
 
 def test_command_keys_as_the_cluster_sees_them() -> None:
@@ -128,3 +139,45 @@ async def test_a_key_of_a_slot_being_migrated_is_read_at_the_importing_master(
     assert links.refreshes == refreshes + 1
     await links.command("DEL", key)
     links.close()
+
+
+async def test_an_unreachable_master_fails_only_its_own_appends(redis_cluster: LocalCluster) -> None:
+    """Ingest's appends go to several masters at once (one partition each): those of a master that cannot be reached
+    fail (their phones get 500), the others are stored and their requests will be decided, so no phone is told 500
+    about a request that is then decided anyway."""
+    cluster_id = f"appends{os.getpid()}"
+    live, gone = next(
+        (a, b)
+        for a, b in itertools.permutations(partition_names(cluster_id, 8), 2)
+        if redis_cluster.owner_of(a.requests).port != redis_cluster.owner_of(b.requests).port
+    )
+    client = AsyncRedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    seed = LinkSettings("127.0.0.1", redis_cluster.ports[0])
+    eventlog = EventLog(client, default_codec(), live, EventLogSettings(cluster_id), seed)  # type: ignore[arg-type]
+    cluster = eventlog._cluster  # noqa: SLF001 - its slot map, pointed at a master that is not there
+    assert cluster is not None
+    await cluster.refresh()
+    assert cluster._owners is not None  # noqa: SLF001
+    cluster._owners[key_slot(gone.requests)] = ("127.0.0.1", free_port())  # noqa: SLF001
+    appender = Appender(eventlog)
+    loop = asyncio.get_running_loop()
+    stored, refused = loop.create_future(), loop.create_future()
+    try:
+        appender.submit(live.requests, stamped_challenge(), stored)
+        appender.submit(gone.requests, stamped_challenge(), refused)
+        await appender.close()
+        assert isinstance(refused.exception(), StoreUnavailable)
+        assert "cannot connect" in str(refused.exception())
+        assert not stored.done()  # untouched: its reply will resolve it
+        assert await client.xlen(live.requests) == 1
+    finally:
+        await client.delete(live.requests)
+        eventlog.close()
+        await client.aclose()
+
+
+def stamped_challenge() -> RegisterChallenged:
+    return RegisterChallenged(
+        **stamp(), aor="a@example.com", realm="example.com", nonce="n", source_ip="127.0.0.1", source_port=5060,
+        call_id="c",
+    )  # fmt: skip
