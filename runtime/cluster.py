@@ -28,7 +28,7 @@ from redis.crc import key_slot as _key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from runtime.resp import Command, LinkSettings, RespLink
+from runtime.resp import Command, LinkSettings, NotConnected, RespLink
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class ClusterLinks:
                 self._owners = self._parse_slots(reply)
                 self.refreshes += 1
                 return
-            raise RedisConnectionError(f"no node of the Redis Cluster answered CLUSTER SLOTS: {last}")
+            raise NotConnected(f"no node of the Redis Cluster answered CLUSTER SLOTS: {last}")
 
     def _parse_slots(self, reply: object) -> list[Node]:
         owners: list[Node | None] = [None] * SLOTS

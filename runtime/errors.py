@@ -22,3 +22,8 @@ class TransientError(SidecarError):
 
 class StoreUnavailable(TransientError):
     """Redis or MySQL could not be reached or answered with an error."""
+
+
+class NotStored(StoreUnavailable):
+    """An append that surely did not reach its stream (no connection could be made, or a Redis Cluster refused it
+    before running it): it may be sent again without being stored twice."""

@@ -20,10 +20,10 @@ from events import Event, EventCodec, StreamNames
 from events.codec import FIELD_DATA, FIELD_TYPE, FIELD_VERSION
 from runtime.cluster import ClusterLinks
 from runtime.connections import is_cluster_client
-from runtime.errors import StoreUnavailable
+from runtime.errors import NotStored, StoreUnavailable
 from runtime.faults import REDIS_FAULTS
 from runtime.redis_scripts import Script
-from runtime.resp import LinkSettings, RespLink
+from runtime.resp import LinkSettings, NotConnected, RespLink
 from runtime.settings import EventLogSettings
 
 T = TypeVar("T")
@@ -98,8 +98,15 @@ def _entries(reply: object) -> list[tuple[str, RawEntry]]:
     return out
 
 
+# A Redis Cluster's answers to a command it did not run (after the redirects followed): it may be sent again.
+_NOT_RUN = ("CLUSTERDOWN", "TRYAGAIN", "MOVED ", "ASK ")
+
+
 def _appended(reply: object, count: int) -> str | StoreUnavailable:
-    """An XADD's reply: the entry id, or the fault (a Redis error reply, an unreachable master) as StoreUnavailable."""
+    """An XADD's reply: the entry id, or the fault (a Redis error reply, an unreachable master) as StoreUnavailable;
+    NotStored when the append surely did not happen."""
+    if isinstance(reply, NotConnected) or (isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_NOT_RUN)):
+        return NotStored(f"append of {count} events failed: {reply}")
     if isinstance(reply, BaseException | hiredis.ReplyError):
         return StoreUnavailable(f"append of {count} events failed: {reply}")
     return reply.decode() if isinstance(reply, bytes) else str(reply)
@@ -295,6 +302,8 @@ class EventLog:
                 for command in commands:
                     pipe.execute_command(*command)
                 replies = await pipe.execute(raise_on_error=False)
+        except NotConnected as exc:
+            raise NotStored(f"append of {len(commands)} events failed: {exc}") from exc
         except REDIS_FAULTS as exc:
             raise StoreUnavailable(f"append of {len(commands)} events failed: {exc}") from exc
         return [_appended(reply, len(commands)) for reply in replies]
@@ -347,15 +356,20 @@ class Appender:
     `submit` returns at once; the caller awaits its own future (ingest: the reply waiter), which the
     appender fails with `StoreUnavailable` if the append does not go through. While one pipeline is in
     flight, new appends queue up and go in the next one, so the batch grows with the load and no timer is
-    needed.
+    needed. An append that surely was not stored (`NotStored`: no connection, a Cluster that refused it) is
+    sent again after each of RETRY_AFTER_S while its waiter waits: a Redis that restarts, or a Cluster master
+    that comes back, within a second or two costs the phone a moment, not a 500.
     """
+
+    RETRY_AFTER_S = (0.25, 0.5, 1.0, 2.0)  # 3.75 s in all, within the reply deadline (10 s)
 
     def __init__(self, log_: EventLog, max_batch: int = 500) -> None:
         self._log = log_
         self._max_batch = max_batch
-        self._pending: list[tuple[list[object], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[list[object], asyncio.Future[Any], int]] = []  # command, waiter, tries so far
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self.retried = 0
 
     def submit(self, stream: str, event: Event, waiter: asyncio.Future[T]) -> None:
         """Queues the append of `event`; `waiter` gets the exception if it fails, and is left alone otherwise.
@@ -364,7 +378,14 @@ class Appender:
         """
         if self._closed:
             raise StoreUnavailable("appender is closed")
-        self._pending.append((self._log.xadd_command(stream, event), waiter))
+        self._queue(self._log.xadd_command(stream, event), waiter, 0)
+
+    def _queue(self, command: list[object], waiter: asyncio.Future[Any], tries: int) -> None:
+        if self._closed and tries:  # a retry due after the close: nobody will send it
+            if not waiter.done():
+                waiter.set_exception(StoreUnavailable("appender is closed"))
+            return
+        self._pending.append((command, waiter, tries))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop(), name="appender-flush")
 
@@ -373,13 +394,19 @@ class Appender:
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             try:
-                results = await self._log.append_each([command for command, _ in batch])
+                results = await self._log.append_each([command for command, _, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter gets the fault
                 error = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"append failed: {exc!r}")
                 results = [error] * len(batch)
-            for (_, waiter), result in zip(batch, results, strict=True):
-                if isinstance(result, StoreUnavailable) and not waiter.done():
-                    waiter.set_exception(result)  # only the appends that failed: the others will be decided
+            loop = asyncio.get_running_loop()
+            for (command, waiter, tries), result in zip(batch, results, strict=True):
+                if not isinstance(result, StoreUnavailable) or waiter.done():
+                    continue  # stored (its reply will come), or nobody waits any more
+                if isinstance(result, NotStored) and tries < len(self.RETRY_AFTER_S) and not self._closed:
+                    self.retried += 1
+                    loop.call_later(self.RETRY_AFTER_S[tries], self._queue, command, waiter, tries + 1)
+                    continue
+                waiter.set_exception(result)  # only the appends that failed: the others will be decided
 
     async def __aenter__(self) -> Appender:
         return self

@@ -37,6 +37,10 @@ class LinkSettings:
     ssl_context: ssl.SSLContext | None = None
 
 
+class NotConnected(RedisConnectionError):
+    """No connection to Redis could be made: the commands were never sent."""
+
+
 class _Waiter:
     __slots__ = ("future", "remaining", "replies")
 
@@ -132,14 +136,14 @@ class RespLink:
             if protocol is not None and protocol.transport is not None:
                 protocol.transport.close()  # a refused or cut-short set-up must not leave its socket behind
             if isinstance(exc, OSError | TimeoutError):
-                raise RedisConnectionError(f"cannot connect to Redis at {s.host}:{s.port}: {exc}") from exc
+                raise NotConnected(f"cannot connect to Redis at {s.host}:{s.port}: {exc}") from exc
             raise
         return protocol
 
     @staticmethod
     def _send(protocol: _Protocol, commands: Sequence[Command]) -> asyncio.Future[list[object]]:
         if protocol.transport is None or protocol.lost is not None:
-            raise RedisConnectionError("not connected to Redis")
+            raise NotConnected("not connected to Redis")
         future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
         protocol.waiters.append(_Waiter(future, len(commands)))
         protocol.transport.write(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))  # type: ignore[arg-type]
