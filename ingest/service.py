@@ -246,19 +246,23 @@ class IngestWorker:
         self.front.set_handler(self.ingest)
         async with asyncio.TaskGroup() as group:
             replies = group.create_task(self.replies.run(), name="replies")
-            await self.replies.ready.wait()
-            self.eventlog.attach_local(self.replies.stream, self.replies.deliver)
             try:
-                async with self.appender:
-                    async with self.front:
-                        await self._front_ready()
-                        self.ready.set()
-                        log.info("ingest serving sbc_address=%s", self.front.sbc_address)
-                        await self._stop.wait()
-                        log.info("ingest stopping: listeners closed, finishing in-flight requests")
+                await self.replies.ready.wait()
+                self.eventlog.attach_local(self.replies.stream, self.replies.deliver)
+                try:
+                    async with self.appender:
+                        async with self.front:
+                            await self._front_ready()
+                            self.ready.set()
+                            log.info("ingest serving sbc_address=%s", self.front.sbc_address)
+                            await self._stop.wait()
+                            log.info("ingest stopping: listeners closed, finishing in-flight requests")
+                finally:
+                    self.eventlog.detach_local(self.replies.stream)
             finally:
-                self.eventlog.detach_local(self.replies.stream)
-            self.replies.stop()
+                # Also when the front failed to start: the reader must end, or the group (and the process) waits
+                # for it forever should its cancellation be lost inside redis-py.
+                self.replies.stop()
             await replies
 
 

@@ -57,7 +57,16 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if unknown or not roles:
         raise ConfigError("--roles", f"must be a comma list of {', '.join(app.ROLES)}, got {args.roles!r}")
     logs.configure(settings.log_level)
-    return _run_async(app.run(settings, roles, tune_gc=True))
+    try:
+        return _run_async(app.run(settings, roles, tune_gc=True))
+    except BaseExceptionGroup as group:  # a worker's start found a setting wrong (a SIP port in use ...)
+        wrong = group.subgroup(ConfigError)
+        if wrong is None:
+            raise
+        first = wrong.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 def cmd_db_init(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -194,3 +195,17 @@ def test_mysql_unreachable(tmp_path: Path) -> None:
 def test_mysql_unknown_database(tmp_path: Path) -> None:
     result = run_sidecar(tmp_path, JAMBONES_MYSQL_DATABASE="sbc_no_such_database")
     assert_one_line(result, "JAMBONES_MYSQL_DATABASE", "'sbc_no_such_database' does not exist", "db init")
+
+
+def test_a_sip_port_in_use(tmp_path: Path) -> None:
+    """The listeners start with the workers: what they logged comes first, then the one line, exit 2, and the process
+    ends (its reply reader is stopped too, not left waiting)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = run_sidecar(tmp_path, SIDECAR_SIP_LISTEN=f"udp:127.0.0.1:{port}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sbc-sidecar: configuration error: SIDECAR_SIP_LISTEN "), last
+    assert f"udp:127.0.0.1:{port} cannot be listened on" in last

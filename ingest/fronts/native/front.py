@@ -18,6 +18,7 @@ from ingest.fronts.native.udp import UdpListener
 from ingest.fronts.native.websocket import WebSocketListener
 from ingest.locator import Hop, SipLocator
 from ingest.sip import SipResponse
+from runtime.errors import ConfigError
 from runtime.settings import DEFAULT_TRUSTED_SOURCES, SipListen, SipSettings
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,11 @@ class NativeFront:
     async def __aenter__(self) -> NativeFront:
         try:
             for item in self.listen:
-                await self._start(item)
+                try:
+                    await self._start(item)
+                except OSError as exc:  # a port in use, an address not on this host: the setting is wrong here
+                    cause = exc.strerror or str(exc)
+                    raise ConfigError("SIDECAR_SIP_LISTEN", f"{item} cannot be listened on: {cause}") from exc
         except BaseException:
             await self._close()
             raise
