@@ -33,6 +33,8 @@ wait_port() {
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The Redis Cluster of the tests and of bench/run --redis-cluster is joined with redis-cli.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 if [ "$want_influx" = 1 ] && ! command -v influxd >/dev/null 2>&1; then missing+=(influxdb); fi
 if [ "$want_sipp" = 1 ] && ! command -v sipp >/dev/null 2>&1; then missing+=(sip-tester); fi
