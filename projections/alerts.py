@@ -18,14 +18,11 @@ before the consumer acks; a failed write leaves the batch pending to be retried.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from events import BlockStarted, DeviceLimitReached, Event, WebhookFailed
-from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line
+from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line, write_batch
 from runtime.handling import Delivery, Outcome
-
-log = logging.getLogger(__name__)
 
 DATABASE = "alerts"
 MEASUREMENT = "alerts"
@@ -85,11 +82,8 @@ class AlertsProjection:
 
     async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome | BaseException]:
         lines = [text for text in (line_of(d.event) for d in deliveries) if text]
-        if lines:
-            try:
-                await self.writer.write(DATABASE, lines)
-            except TimeSeriesUnavailable as exc:
-                log.warning("alerts not written, will retry count=%d error=%s", len(lines), exc)
-                return [exc for _ in deliveries]
-            self.written += len(lines)
+        written = await write_batch(self.writer, DATABASE, lines, "alerts")
+        if isinstance(written, TimeSeriesUnavailable):
+            return [written for _ in deliveries]
+        self.written += written
         return [Outcome() for _ in deliveries]

@@ -32,7 +32,7 @@ from events import (
 from events.streams import eph_gw_ip_key
 from processors.regbot.config import query
 from projections.alerts import DATABASE, MEASUREMENT, event_time_ns
-from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line
+from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line, write_batch
 from runtime.handling import Delivery, Outcome, RedisCommand
 
 log = logging.getLogger(__name__)
@@ -114,13 +114,10 @@ class CarriersProjection:
             if isinstance(event, CarrierRegistrationDisabled | CarrierDeactivated):
                 alerts.append(alert_line(event))
             results.append(Outcome(writes=eph_gw_ip_writes(event)))
-        if alerts and self.writer is not None:
-            try:
-                await self.writer.write(DATABASE, alerts)
-            except TimeSeriesUnavailable as exc:
-                log.warning("carrier alerts not written, will retry count=%d error=%s", len(alerts), exc)
-                return [exc for _ in deliveries]
-            self.alerts_written += len(alerts)
+        written = await write_batch(self.writer, DATABASE, alerts, "carrier alerts")
+        if isinstance(written, TimeSeriesUnavailable):
+            return [written for _ in deliveries]
+        self.alerts_written += written
         return results
 
     async def _apply_mysql(self, event: Event) -> None:

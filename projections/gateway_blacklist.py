@@ -22,7 +22,7 @@ from events import Event, GatewayPingDisabled, GatewayPingFailed, GatewayPingSuc
 from events.pinger import gateway_blacklist_key
 from processors.regbot.config import query
 from projections.alerts import DATABASE, MEASUREMENT, event_time_ns
-from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line
+from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line, write_batch
 from runtime.handling import Delivery, Outcome, RedisCommand
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,8 @@ class GatewayBlacklistProjection:
             if alert is not None:
                 alerts.append(alert)
             results.append(Outcome(writes=blacklist_writes(event)))
-        if alerts and self.writer is not None:
-            try:
-                await self.writer.write(DATABASE, alerts)
-            except TimeSeriesUnavailable as exc:
-                log.warning("gateway alerts not written, will retry count=%d error=%s", len(alerts), exc)
-                return [exc for _ in deliveries]
-            self.alerts_written += len(alerts)
+        written = await write_batch(self.writer, DATABASE, alerts, "gateway alerts")
+        if isinstance(written, TimeSeriesUnavailable):
+            return [written for _ in deliveries]
+        self.alerts_written += written
         return results

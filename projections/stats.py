@@ -42,7 +42,7 @@ from events import (
 )
 from events.streams import ACTIVE_USER_KEY
 from projections.alerts import event_time_ns
-from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line
+from projections.timeseries import TimeSeriesUnavailable, TimeSeriesWriter, line, write_batch
 from runtime.faults import STORE_FAULTS
 from runtime.handling import Delivery, Outcome
 from runtime.metrics import Metrics
@@ -100,13 +100,10 @@ class StatsProjection:
 
     async def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome | BaseException]:
         lines = [text for text in (stats_line(d.event) for d in deliveries) if text]
-        if lines:
-            try:
-                await self.writer.write(DATABASE, lines)
-            except TimeSeriesUnavailable as exc:
-                log.warning("registration stats not written, will retry count=%d error=%s", len(lines), exc)
-                return [exc for _ in deliveries]
-            self.written += len(lines)
+        written = await write_batch(self.writer, DATABASE, lines, "registration stats")
+        if isinstance(written, TimeSeriesUnavailable):
+            return [written for _ in deliveries]
+        self.written += written
         return [Outcome() for _ in deliveries]
 
 

@@ -38,6 +38,21 @@ class TimeSeriesWriter(Protocol):
     async def write(self, database: str, lines: Sequence[str]) -> None: ...
 
 
+async def write_batch(
+    writer: TimeSeriesWriter | None, database: str, lines: Sequence[str], what: str
+) -> int | TimeSeriesUnavailable:
+    """A consumer batch's points in one write: how many were written (none without lines or a writer), or the fault,
+    logged, that the caller fails the batch's deliveries with so that they are delivered again."""
+    if not lines or writer is None:
+        return 0
+    try:
+        await writer.write(database, lines)
+    except TimeSeriesUnavailable as exc:
+        log.warning("%s not written, will retry count=%d error=%s", what, len(lines), exc)
+        return exc
+    return len(lines)
+
+
 def escape_tag(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
