@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 
@@ -240,6 +241,7 @@ def partition_of(aor: str, partitions: int) -> int:
     return zlib.crc32(aor.encode()) % partitions
 
 
+@functools.cache
 def partition_names(cluster_id: str, partitions: int) -> tuple[StreamNames, ...]:
-    """The names of each partition of a cluster, 0 first."""
+    """The names of each partition of a cluster, 0 first (made once: the registrar asks for them at every decision)."""
     return tuple(StreamNames(cluster_id, partition) for partition in range(max(partitions, 1)))

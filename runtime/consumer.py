@@ -590,15 +590,14 @@ class ConcurrentConsumer(Consumer):
         begun again here first, after RETRY_AFTER_S[n], so that a Redis or MySQL blip costs the phone a moment and
         not its deadline (a failed delivery is otherwise claimed again only after `claim_idle_ms`). It stays in
         flight meanwhile: the AOR's next requests still wait behind it."""
-        key = _key(delivery.stream, delivery.entry_id)
-        if isinstance(result, STORE_FAULTS) and not self._stopping.is_set():
-            tries = self._retries.get(key, 0)
-            if tries < len(RETRY_AFTER_S):
+        if isinstance(result, STORE_FAULTS) or self._retries:  # the usual case, decided at the first try: neither
+            key = _key(delivery.stream, delivery.entry_id)
+            tries = self._retries.pop(key, 0)
+            if isinstance(result, STORE_FAULTS) and tries < len(RETRY_AFTER_S) and not self._stopping.is_set():
                 self._retries[key] = tries + 1
                 self.stats.retried += 1
                 self._start(self._again(delivery, RETRY_AFTER_S[tries]))
                 return
-        self._retries.pop(key, None)
         self._decided.append((delivery, result))
 
     async def _again(self, delivery: Delivery, delay_s: float) -> None:

@@ -43,7 +43,7 @@ from events import (
     new_event_id,
     user_key,
 )
-from events.streams import ACTIVE_USER_KEY, partition_of
+from events.streams import ACTIVE_USER_KEY, partition_names, partition_of
 from processors.registrar.accounts import DEFAULT_CACHE_TTL_S, AccountStore
 from processors.registrar.client_password import ClientPasswordCipher
 from processors.registrar.decide import Decision, Need, RegistrarPolicy, decide
@@ -93,7 +93,7 @@ class RegistrarConfig:
         """The partition an AOR's facts go to: the one its requests came from (`partition_of`, as ingest chose)."""
         if self.partitions <= 1:
             return self.streams
-        return StreamNames(self.streams.cluster_id, partition_of(aor or "", self.partitions))
+        return partition_names(self.streams.cluster_id, self.partitions)[partition_of(aor or "", self.partitions)]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistrarConfig:
